@@ -1,0 +1,10 @@
+//! `gc-assist inject` (being built).
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args, _ctx: &super::Ctx) -> anyhow::Result<Outcome> {
+    anyhow::bail!("`gc-assist inject` is not built yet")
+}

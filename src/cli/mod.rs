@@ -1,0 +1,129 @@
+//! The command line: one subcommand per file, a shared context, and the mapping of
+//! outcomes to exit codes (0 ok, 1 a check failed, 2 an error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+pub mod config_cmd;
+pub mod demo;
+pub mod emulator;
+pub mod inject;
+pub mod prompts;
+pub mod regions;
+pub mod schema;
+pub mod validate;
+
+/// Real-time agent-assist prompts for Genesys Cloud.
+#[derive(Debug, Parser)]
+#[command(name = "gc-assist", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./gc-assist.toml when present.
+    #[arg(long, global = true, env = "GC_ASSIST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the effective configuration (secrets redacted).
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// List Genesys Cloud regions and their hosts.
+    Regions(regions::Args),
+    /// Check an injection payload against the contract.
+    Validate(validate::Args),
+    /// Print the JSON Schema of the injection payload.
+    Schema(schema::Args),
+    /// Manage the prompt catalogue.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCommand),
+    /// Run a local Genesys Cloud emulator.
+    Emulator(emulator::Args),
+    /// Inject a prompt into a live conversation.
+    Inject(inject::Args),
+    /// Run the whole product end to end against the built-in emulator.
+    Demo(demo::Args),
+}
+
+/// What a command reports when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit 1: the command ran, and what it checked is not right (invalid payload,
+    /// audit mismatch).
+    CheckFailed,
+}
+
+/// Shared, cheap-to-build state for commands.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub config_path: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Load and validate configuration (defaults ← file ← environment).
+    pub fn load_config(&self) -> anyhow::Result<config::Loaded> {
+        Ok(config::load(self.config_path.as_deref())?)
+    }
+}
+
+/// Entry point used by `main`: parse, init tracing, run on a tokio runtime.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx { config_path: cli.config.clone() };
+    match runtime.block_on(run(cli.command, ctx)) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Run one command.
+pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Config(c) => config_cmd::run(c, &ctx),
+        Command::Regions(a) => regions::run(a),
+        Command::Validate(a) => validate::run(a, &ctx),
+        Command::Schema(a) => schema::run(a),
+        Command::Prompts(c) => prompts::run(c, &ctx),
+        Command::Emulator(a) => emulator::run(a, &ctx).await,
+        Command::Inject(a) => inject::run(a, &ctx).await,
+        Command::Demo(a) => demo::run(a, &ctx).await,
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,gc_assist=info",
+        _ => "debug,hyper=info,reqwest=info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,354 @@
+//! Configuration: built-in defaults ← `gc-assist.toml` / `--config` ← environment,
+//! validated once, with secrets that never print.
+//!
+//! The environment accepts both the Genesys tools' variables and the tutorial's, because
+//! people arrive with one or the other already exported. Where both name the same
+//! setting, the Genesys tools' variable wins (it is the more specific convention).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::genesys::region::{self, Hosts, RegionError};
+
+/// The defaults layer, shipped inside the binary.
+pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
+
+/// The file looked for in the working directory when no `--config` is given.
+pub const DEFAULT_FILE: &str = "gc-assist.toml";
+
+/// Prefix of the generic per-setting variables: `GC_ASSIST__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "GC_ASSIST__";
+
+/// Well-known variables and the setting each one fills, in order of precedence (first wins).
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("GENESYSCLOUD_OAUTHCLIENT_ID", "genesys.client_id"),
+    ("GC_CLIENT_ID", "genesys.client_id"),
+    ("GENESYSCLOUD_OAUTHCLIENT_SECRET", "genesys.client_secret"),
+    ("GC_CLIENT_SECRET", "genesys.client_secret"),
+    ("GENESYSCLOUD_API_REGION", "genesys.region"),
+    ("GENESYSCLOUD_REGION", "genesys.region"),
+    ("GC_ENV_URL", "genesys.region"),
+];
+
+/// Why configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+    #[error("invalid setting genesys.region: {0}")]
+    Region(#[from] RegionError),
+}
+
+/// All settings. Sections mirror `config.default.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub genesys: GenesysConfig,
+    pub catalogue: CatalogueConfig,
+    pub inject: InjectConfig,
+    pub emulator: EmulatorSettings,
+}
+
+/// How to reach and authenticate against Genesys Cloud.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesysConfig {
+    pub region: String,
+    pub client_id: String,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: SecretString,
+    pub requests_per_minute: u32,
+    pub burst: u32,
+    pub request_timeout_ms: u64,
+    pub token_refresh_margin_secs: u64,
+    pub retry: RetryConfig,
+}
+
+/// Retry budget for Genesys API calls (see `genesys::retry`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub max_elapsed_ms: u64,
+    pub max_retry_after_ms: u64,
+    pub default_retry_after_ms: u64,
+}
+
+/// Where prompt content comes from when a payload has no inline prompt.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    pub path: PathBuf,
+}
+
+/// Participant-data delivery settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    pub attribute_prefix: String,
+}
+
+/// Settings of `gc-assist emulator`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatorSettings {
+    pub bind: String,
+    pub calls_dir: PathBuf,
+    pub client_id: String,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: SecretString,
+    pub requests_per_minute: u32,
+    pub token_ttl_secs: u64,
+}
+
+fn redact<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    if secret.expose_secret().is_empty() {
+        s.serialize_str("")
+    } else {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// Where a loaded configuration came from, for `config show` and error messages.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// The file layer, if one was read.
+    pub file: Option<PathBuf>,
+    /// Environment variables that changed a setting: (variable, setting). Names only.
+    pub env: Vec<(String, String)>,
+}
+
+/// A validated configuration with its derived values.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub hosts: Hosts,
+    pub provenance: Provenance,
+}
+
+impl Config {
+    /// The built-in defaults alone.
+    pub fn defaults() -> Config {
+        let value: toml::Value = toml::from_str(DEFAULTS_TOML).expect("built-in defaults parse");
+        value.try_into().expect("built-in defaults match Config")
+    }
+
+    /// Render as TOML with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Load configuration from the real process environment.
+///
+/// `explicit` is `--config`; without it `gc-assist.toml` in the working directory is
+/// read when present.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    load_from(explicit, &env)
+}
+
+/// Load configuration with an explicit environment (tests pass their own).
+pub fn load_from(explicit: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
+    let mut tree: toml::Value = toml::from_str(DEFAULTS_TOML).expect("built-in defaults parse");
+    let mut provenance = Provenance::default();
+
+    let file = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+    };
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let layer: toml::Value =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?;
+        merge(&mut tree, layer);
+        // Relative paths in a config file are relative to that file, as people expect.
+        provenance.file = Some(path);
+    }
+
+    // Generic variables first, so the well-known names below win over them.
+    for (name, raw) in env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)) {
+        let setting = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+        set_path(&mut tree, &setting, raw).map_err(|message| ConfigError::Invalid { origin: name.clone(), message })?;
+        provenance.env.push((name.clone(), setting));
+    }
+    let mut filled: Vec<&str> = Vec::new();
+    for (var, setting) in ENV_ALIASES {
+        let Some(raw) = env.get(*var).filter(|v| !v.trim().is_empty()) else { continue };
+        if filled.contains(setting) {
+            continue;
+        }
+        filled.push(setting);
+        set_string(&mut tree, setting, raw.trim());
+        provenance.env.push((var.to_string(), setting.to_string()));
+    }
+
+    let origin = match &provenance.file {
+        Some(p) => format!("defaults ← {} ← environment", p.display()),
+        None => "defaults ← environment".to_string(),
+    };
+    let config: Config = tree
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid { origin, message: e.message().to_string() })?;
+    validate(&config)?;
+    let hosts = region::resolve(&config.genesys.region)?;
+    Ok(Loaded { config, hosts, provenance })
+}
+
+fn validate(c: &Config) -> Result<(), ConfigError> {
+    let bad = |message: &str| Err(ConfigError::Invalid { origin: "values".into(), message: message.into() });
+    if c.genesys.requests_per_minute == 0 {
+        return bad("genesys.requests_per_minute must be at least 1");
+    }
+    if c.genesys.burst == 0 {
+        return bad("genesys.burst must be at least 1");
+    }
+    if c.genesys.retry.max_attempts == 0 {
+        return bad("genesys.retry.max_attempts must be at least 1 (1 means no retries)");
+    }
+    if c.genesys.request_timeout_ms == 0 {
+        return bad("genesys.request_timeout_ms must be above 0");
+    }
+    if c.emulator.requests_per_minute == 0 {
+        return bad("emulator.requests_per_minute must be at least 1");
+    }
+    Ok(())
+}
+
+/// Deep-merge `layer` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Value, layer: toml::Value) {
+    match (base, layer) {
+        (toml::Value::Table(b), toml::Value::Table(l)) => {
+            for (k, v) in l {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, l) => *b = l,
+    }
+}
+
+/// Set a dotted setting from an environment string, typed like the default it replaces.
+fn set_path(tree: &mut toml::Value, dotted: &str, raw: &str) -> Result<(), String> {
+    let existing = lookup(tree, dotted).ok_or_else(|| format!("no setting named `{dotted}`"))?;
+    let value = match existing {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim().parse().map_err(|_| format!("`{dotted}` takes a whole number, got `{raw}`"))?,
+        ),
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| format!("`{dotted}` takes a number, got `{raw}`"))?)
+        }
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim().parse().map_err(|_| format!("`{dotted}` takes true or false, got `{raw}`"))?,
+        ),
+        toml::Value::Array(_) => {
+            toml::Value::Array(raw.split(',').map(|s| toml::Value::String(s.trim().to_string())).collect())
+        }
+        toml::Value::Table(_) => return Err(format!("`{dotted}` is a section, not a setting")),
+        _ => toml::Value::String(raw.to_string()),
+    };
+    *lookup_mut(tree, dotted).expect("looked up above") = value;
+    Ok(())
+}
+
+fn set_string(tree: &mut toml::Value, dotted: &str, raw: &str) {
+    if let Some(slot) = lookup_mut(tree, dotted) {
+        *slot = toml::Value::String(raw.to_string());
+    }
+}
+
+fn lookup<'a>(tree: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {
+    dotted.split('.').try_fold(tree, |node, key| node.get(key))
+}
+
+fn lookup_mut<'a>(tree: &'a mut toml::Value, dotted: &str) -> Option<&'a mut toml::Value> {
+    dotted.split('.').try_fold(tree, |node, key| node.get_mut(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_resolve() {
+        let l = load_from(Some(Path::new("config.default.toml")), &env(&[])).unwrap();
+        assert_eq!(l.config.genesys.requests_per_minute, 300);
+        assert_eq!(l.hosts.api.as_str(), "https://api.mypurecloud.com/");
+    }
+
+    #[test]
+    fn genesys_variables_win_over_tutorial_ones() {
+        let l = load_from(
+            Some(Path::new("config.default.toml")),
+            &env(&[
+                ("GC_CLIENT_ID", "tutorial-id"),
+                ("GENESYSCLOUD_OAUTHCLIENT_ID", "genesys-id"),
+                ("GC_CLIENT_SECRET", "s3cret"),
+                ("GC_ENV_URL", "https://api.mypurecloud.ie"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.config.genesys.client_id, "genesys-id");
+        assert_eq!(l.config.genesys.client_secret.expose_secret(), "s3cret");
+        assert_eq!(l.hosts.login.as_str(), "https://login.mypurecloud.ie/");
+        let shown = l.config.to_redacted_toml();
+        assert!(!shown.contains("s3cret") && shown.contains("[redacted]"), "{shown}");
+        assert!(!format!("{:?}", l.config).contains("s3cret"));
+    }
+
+    #[test]
+    fn api_region_url_beats_region_name() {
+        let l = load_from(
+            Some(Path::new("config.default.toml")),
+            &env(&[("GENESYSCLOUD_REGION", "eu-west-1"), ("GENESYSCLOUD_API_REGION", "https://api.mypurecloud.de")]),
+        )
+        .unwrap();
+        assert_eq!(l.hosts.api.as_str(), "https://api.mypurecloud.de/");
+    }
+
+    #[test]
+    fn generic_variables_are_typed() {
+        let l = load_from(
+            Some(Path::new("config.default.toml")),
+            &env(&[("GC_ASSIST__GENESYS__REQUESTS_PER_MINUTE", "600")]),
+        )
+        .unwrap();
+        assert_eq!(l.config.genesys.requests_per_minute, 600);
+        let e = load_from(None, &env(&[("GC_ASSIST__GENESYS__REQUESTS_PER_MINUTE", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
+        let e = load_from(None, &env(&[("GC_ASSIST__GENESYS__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("no setting named `genesys.nope`"), "{e}");
+    }
+
+    #[test]
+    fn file_layer_rejects_unknown_keys_and_bad_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[genesys]\nregoin = \"x\"\n").unwrap();
+        let e = load_from(Some(&p), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("regoin"), "{e}");
+        std::fs::write(&p, "[genesys]\nregion = \"mars-1\"\n").unwrap();
+        let e = load_from(Some(&p), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("unknown region"), "{e}");
+        std::fs::write(&p, "not = [toml").unwrap();
+        assert!(matches!(load_from(Some(&p), &env(&[])), Err(ConfigError::Parse { .. })));
+    }
+}

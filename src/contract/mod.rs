@@ -1,0 +1,1 @@
+//! The injection payload contract: types, validation, JSON Schema, prompt catalogue.

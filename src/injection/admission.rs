@@ -1,0 +1,1 @@
+//! Admission: the per-conversation capacity ledger (being built).

@@ -1,0 +1,3 @@
+//! Turning a valid injection into a delivered prompt.
+
+pub mod admission;

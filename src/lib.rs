@@ -1,0 +1,26 @@
+//! gc-assist: real-time agent-assist prompts for Genesys Cloud.
+//!
+//! Genesys Cloud has no endpoint that pushes third-party content into the agent's Copilot
+//! panel, so gc-assist *is* the prompt-injection API: it validates the injection payload,
+//! admits it under the agent-attention limits, delivers it (participant data, the agent's
+//! prompt panel), and keeps an audit trail.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings, layered built-in defaults ← `gc-assist.toml` ← environment.
+//! - [`contract`]: the injection payload, its validation, JSON Schema and the prompt catalogue.
+//! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing.
+//! - [`emulator`]: a local Genesys Cloud speaking the real wire format, with faults.
+//! - [`injection`]: turning a valid payload into a delivered prompt.
+//! - [`audit`]: audit records of every injection state change.
+//! - [`webhook`]: signed webhooks to the knowledge system.
+//! - [`cli`]: one file per command of the `gc-assist` binary.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod emulator;
+pub mod genesys;
+pub mod injection;
+pub mod webhook;

@@ -1,0 +1,1 @@
+//! Webhooks to the knowledge system: Standard Webhooks signing, outbox delivery, SSRF guard.

@@ -1,0 +1,8 @@
+//! The one integration-test binary: a module per area, shared helpers in `support`.
+
+mod cli;
+mod contract;
+mod emulator;
+mod genesys;
+mod inject;
+mod support;

@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Path of the built `gc-assist` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gc-assist"))
+}
+
+/// Run the binary with arguments and extra environment, from the crate root, with no
+/// Genesys variables inherited from the developer's shell.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for var in [
+        "GENESYSCLOUD_OAUTHCLIENT_ID",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET",
+        "GENESYSCLOUD_REGION",
+        "GENESYSCLOUD_API_REGION",
+        "GC_CLIENT_ID",
+        "GC_CLIENT_SECRET",
+        "GC_ENV_URL",
+        "GC_ASSIST_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run gc-assist")
+}
+
+/// The recorded calls shipped beside the project (../shared/data/calls).
+pub fn shared_calls() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/calls")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
