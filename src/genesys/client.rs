@@ -851,4 +851,216 @@ mod tests {
         let e = error_from_answer(&request, &answer(503, None, ""));
         assert!(e.to_string().contains("Service Unavailable"), "{e}");
     }
+
+    // ---- The request path against a scripted local server ----------------------------
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::Router;
+
+    /// One scripted API answer: status, extra headers, body.
+    type Scripted = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+    #[derive(Clone, Default)]
+    struct Server {
+        answers: Arc<Mutex<Vec<Scripted>>>,
+        api_hits: Arc<AtomicUsize>,
+        token_hits: Arc<AtomicUsize>,
+        seen: Arc<Mutex<Vec<(String, String, String)>>>,
+        delay: Arc<Mutex<Duration>>,
+    }
+
+    async fn handle(State(s): State<Server>, req: axum::extract::Request) -> axum::response::Response {
+        let method = req.method().to_string();
+        let uri = req.uri().to_string();
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if uri == "/oauth/token" {
+            let n = s.token_hits.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = format!(r#"{{"access_token":"tok-{n}","token_type":"bearer","expires_in":86400}}"#);
+            return (StatusCode::OK, body).into_response();
+        }
+        s.api_hits.fetch_add(1, Ordering::SeqCst);
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+        s.seen.lock().unwrap().push((format!("{method} {uri}"), auth, String::from_utf8_lossy(&body).into_owned()));
+        let delay = *s.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let next = {
+            let mut a = s.answers.lock().unwrap();
+            if a.len() > 1 {
+                a.remove(0)
+            } else {
+                a.first().cloned().unwrap_or((200, vec![], "{}"))
+            }
+        };
+        let (status, headers, body) = next;
+        let mut h = HeaderMap::new();
+        h.insert("inin-correlation-id", "cid-test".parse().unwrap());
+        for (k, v) in headers {
+            h.insert(k, v.parse().unwrap());
+        }
+        (StatusCode::from_u16(status).unwrap(), h, body).into_response()
+    }
+
+    async fn scripted(answers: Vec<Scripted>) -> (GenesysClient, Server) {
+        let server = Server { answers: Arc::new(Mutex::new(answers)), ..Server::default() };
+        let app = Router::new().fallback(handle).with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        let mut s = settings(&format!("http://{addr}"));
+        s.retry = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_elapsed: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(5),
+            default_retry_after: Duration::from_millis(100),
+        };
+        s.request_timeout = Duration::from_millis(500);
+        (GenesysClient::new(s).unwrap(), server)
+    }
+
+    const CONVERSATION: &str = r#"{"id":"c1","startTime":"2025-03-04T10:14:02.114Z","participants":[]}"#;
+
+    #[tokio::test]
+    async fn reauthenticates_once_on_401() {
+        let unauthorized: Scripted =
+            (401, vec![], r#"{"message":"Invalid login credentials","code":"bad.credentials","status":401}"#);
+        let (c, s) = scripted(vec![unauthorized.clone(), (200, vec![], CONVERSATION)]).await;
+        c.get_conversation("c1").await.unwrap();
+        assert_eq!(s.token_hits.load(Ordering::SeqCst), 2);
+        let seen = s.seen.lock().unwrap().clone();
+        assert_eq!(seen[0].1, "Bearer tok-1");
+        assert_eq!(seen[1].1, "Bearer tok-2", "the second attempt carries the new token");
+        assert_eq!(c.stats().reauthentications, 1);
+
+        // A token refused twice is an error, not a loop.
+        let (c, s) = scripted(vec![unauthorized]).await;
+        let e = c.get_conversation("c1").await.unwrap_err();
+        assert_eq!(e.status(), Some(401));
+        assert_eq!(e.code(), Some("bad.credentials"));
+        assert_eq!(s.token_hits.load(Ordering::SeqCst), 2);
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn server_errors_retry_only_idempotent_calls() {
+        let unavailable: Scripted = (503, vec![], r#"{"message":"down","code":"service.unavailable","status":503}"#);
+        let (c, s) = scripted(vec![unavailable.clone(), unavailable.clone(), (200, vec![], CONVERSATION)]).await;
+        c.get_conversation("c1").await.unwrap();
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 3);
+        assert_eq!(c.stats().retries, 2);
+
+        let (c, s) = scripted(vec![unavailable.clone(), (200, vec![], r#"{"id":"ch"}"#)]).await;
+        let e = c.create_channel().await.unwrap_err();
+        assert_eq!(e.status(), Some(503));
+        assert_eq!(e.correlation_id(), Some("cid-test"));
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 1, "a non-idempotent POST is not repeated");
+
+        let (c, s) = scripted(vec![(501, vec![], r#"{"message":"off","code":"not.implemented"}"#)]).await;
+        assert_eq!(c.get_conversation("c1").await.unwrap_err().status(), Some(501));
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 1, "501 is never retried");
+
+        // The attempt budget bounds an endless outage.
+        let (c, s) = scripted(vec![unavailable]).await;
+        assert!(c.get_conversation("c1").await.unwrap_err().is_retryable());
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn rate_limit_waits_for_retry_after() {
+        let limited: Scripted = (
+            429,
+            vec![("retry-after", "1")],
+            r#"{"message":"Rate limit exceeded","code":"too.many.requests.retry.after","status":429}"#,
+        );
+        let (c, s) = scripted(vec![limited, (200, vec![], r#"{"entities":[]}"#)]).await;
+        let started = Instant::now();
+        c.create_channel().await.ok();
+        assert!(started.elapsed() >= Duration::from_millis(950), "{:?}", started.elapsed());
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 2, "429 is retried even for POST");
+        let st = c.stats();
+        assert_eq!((st.responses_429, st.retries), (1, 1));
+        assert_eq!(st.retry_wait, Duration::from_secs(1));
+
+        // Asked to wait beyond the cap: fail at once with RateLimited.
+        let (c, s) = scripted(vec![(429, vec![("retry-after", "3600")], "{}")]).await;
+        let e = c.get_conversation("c1").await.unwrap_err();
+        assert!(matches!(e, GenesysError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)));
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn forbidden_names_the_permission_and_malformed_bodies_carry_the_correlation_id() {
+        let (c, _) = scripted(vec![(
+            403,
+            vec![],
+            r#"{"message":"You are missing the following permission(s): analytics:agentCopilotAggregate:view","code":"missing.permissions","status":403}"#,
+        )])
+        .await;
+        let q = CopilotAggregationQuery {
+            interval: "a/b".into(),
+            metrics: vec!["nDistinctSuggestions".into()],
+            ..Default::default()
+        };
+        let e = c.copilot_aggregates(&q).await.unwrap_err();
+        assert!(
+            matches!(&e, GenesysError::Forbidden { permission: Some(p), .. } if p == "analytics:agentCopilotAggregate:view"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("Grant the permission analytics:agentCopilotAggregate:view"), "{e}");
+
+        let (c, s) = scripted(vec![(200, vec![], r#"{"id":"c1","startTime":"#)]).await;
+        let e = c.get_conversation("c1").await.unwrap_err();
+        assert!(matches!(&e, GenesysError::Decode { .. }), "{e:?}");
+        assert_eq!(e.correlation_id(), Some("cid-test"));
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn slow_answers_time_out_and_are_retried_when_idempotent() {
+        let (c, s) = scripted(vec![(200, vec![], CONVERSATION)]).await;
+        *s.delay.lock().unwrap() = Duration::from_millis(800);
+        let e = c.get_conversation("c1").await.unwrap_err();
+        assert!(matches!(e, GenesysError::Timeout { .. }), "{e:?}");
+        assert_eq!(s.api_hits.load(Ordering::SeqCst), 4);
+        assert_eq!(c.stats().timeouts, 4);
+    }
+
+    #[tokio::test]
+    async fn typed_calls_send_the_documented_requests() {
+        let (c, s) = scripted(vec![(200, vec![], r#"{"entities":[{"id":"v2.a","state":"Permitted"}]}"#)]).await;
+        let attrs = BTreeMap::from([("gcAssist.prompt".to_string(), "refund".to_string())]);
+        c.patch_participant_attributes("c1", "p1", &attrs).await.unwrap();
+        c.add_subscriptions("ch1", &["v2.a".to_string()]).await.unwrap();
+        c.replace_subscriptions("ch1", &[]).await.unwrap();
+        c.delete_subscriptions("ch1").await.unwrap();
+        c.list_channels().await.unwrap();
+        let user_token = SecretString::from("agent-token");
+        c.user_me(&user_token).await.ok();
+        c.copilot_job_results("j1", Some("next page")).await.unwrap();
+        let seen = s.seen.lock().unwrap().clone();
+        let calls: Vec<(&str, &str)> = seen.iter().map(|(r, _, b)| (r.as_str(), b.as_str())).collect();
+        assert_eq!(
+            calls,
+            vec![
+                (
+                    "PATCH /api/v2/conversations/c1/participants/p1/attributes",
+                    r#"{"attributes":{"gcAssist.prompt":"refund"}}"#
+                ),
+                ("POST /api/v2/notifications/channels/ch1/subscriptions?ignoreErrors=false", r#"[{"id":"v2.a"}]"#),
+                ("PUT /api/v2/notifications/channels/ch1/subscriptions?ignoreErrors=false", "[]"),
+                ("DELETE /api/v2/notifications/channels/ch1/subscriptions", ""),
+                ("GET /api/v2/notifications/channels?includechannels=oauthclient", ""),
+                ("GET /api/v2/users/me", ""),
+                ("GET /api/v2/analytics/agentcopilots/aggregates/jobs/j1/results?cursor=next+page", ""),
+            ]
+        );
+        assert_eq!(seen[5].1, "Bearer agent-token", "users/me carries the agent's token, not ours");
+        assert!(seen[..5].iter().all(|(_, auth, _)| auth == "Bearer tok-1"));
+    }
 }
