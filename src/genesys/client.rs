@@ -765,6 +765,17 @@ mod tests {
     }
 
     #[test]
+    fn settings_from_config_defaults() {
+        let c = crate::config::Config::defaults();
+        let s = ClientSettings::from_config(&c.genesys, region::resolve(&c.genesys.region).unwrap());
+        assert_eq!((s.requests_per_minute, s.burst), (300, 10));
+        assert_eq!(s.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.token_refresh_margin, Duration::from_secs(60));
+        assert_eq!(s.retry, RetryPolicy::default());
+        assert_eq!(s.hosts.login.as_str(), "https://login.mypurecloud.com/");
+    }
+
+    #[test]
     fn debug_hides_the_secret() {
         let s = settings("http://127.0.0.1:9");
         assert!(!format!("{s:?}").contains("top-secret"));

@@ -148,7 +148,7 @@ fn opt_prefixed(prefix: &str, s: Option<&str>) -> String {
 /// Short advice for statuses whose fix is always the same.
 fn hint_for(status: u16) -> &'static str {
     match status {
-        401 => ". The token was refused even after re-authenticating; check that the OAuth client is active and uses the Client Credentials grant",
+        401 => ". The access token was refused (expired, revoked, or issued in another region); for gc-assist's own client this persists after one re-authentication, so check that the OAuth client is still active",
         404 => ". Check the id, and that the OAuth client's divisions can see the object",
         501 => ". The feature is not enabled for this org",
         _ => "",
