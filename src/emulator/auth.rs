@@ -66,7 +66,9 @@ impl TokenStore {
         let mut bytes = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        self.tokens.insert(token.clone(), TokenRecord { principal, expires: now + ttl, status: TokenStatus::Active });
+        // A lifetime too long to represent simply never ends.
+        let expires = now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        self.tokens.insert(token.clone(), TokenRecord { principal, expires, status: TokenStatus::Active });
         token
     }
 
@@ -213,8 +215,12 @@ fn org(state: &State) -> Value {
 /// `GET /api/v2/tokens/me` (HEAD is answered from it without the body).
 pub async fn tokens_me(AxState(state): AxState<Arc<State>>, Extension(caller): Extension<Caller>) -> Response {
     let remaining = lock(&state.tokens).remaining(&caller.token, Instant::now()).unwrap_or_default();
-    let idles =
-        chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX / 2_000));
+    let now = chrono::Utc::now();
+    let idles = i64::try_from(remaining.as_secs())
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
     let (client, scope) = match &caller.principal {
         Principal::Client(id) => (
             json!({"id": stable_uuid(id), "name": id, "authorizedGrantType": "CLIENT-CREDENTIALS", "state": "active",

@@ -137,10 +137,21 @@ async fn admit(state: &State, req: Request, path: &str) -> Result<Request, ApiEr
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// Apply the malformed-body fault to a successful answer that has a body.
+/// Turn any error that is not yet an `ErrorBody` (an extractor's plain-text rejection)
+/// into one, and apply the malformed-body fault to a successful answer that has a body.
 async fn finish_api(state: &State, resp: Response) -> Response {
-    if !resp.status().is_success() || resp.extensions().get::<PendingError>().is_some() {
+    if resp.extensions().get::<PendingError>().is_some() {
         return resp;
+    }
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let text = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+        let mut e = ApiError::for_status(status);
+        let text = String::from_utf8_lossy(&text).trim().to_string();
+        if !text.is_empty() {
+            e.message = text;
+        }
+        return e.into_response();
     }
     let (mut parts, body) = resp.into_parts();
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {

@@ -473,7 +473,7 @@ async fn run_socket(state: Arc<State>, channel_id: String, mut socket: WebSocket
     };
     state.count(|s| s.sockets_open += 1);
     let mut shutdown = state.shutdown.subscribe();
-    let every = state.heartbeat.max(Duration::from_millis(10));
+    let every = state.heartbeat.clamp(Duration::from_millis(10), Duration::from_secs(86_400));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

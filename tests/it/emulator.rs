@@ -186,9 +186,12 @@ async fn errors_are_error_bodies_with_the_correlation_id() {
     error_body(too_large.await.unwrap(), 413, "request.entity.too.large").await;
     let wrong_method = call(&e, Some(&t), Method::DELETE, "/api/v2/users/me", None).await;
     error_body(wrong_method, 405, "method.not.allowed").await;
+    // Even a path the router cannot decode answers an ErrorBody.
+    error_body(get(&e, &t, "/api/v2/conversations/%FF").await, 400, "bad.request").await;
     let stats = e.stats();
     assert_eq!(stats.responses_by_status.get(&401), Some(&2));
     assert_eq!(stats.responses_by_status.get(&404), Some(&2));
+    assert_eq!(stats.responses_by_status.get(&400), Some(&2));
     // Successful answers carry the header too.
     let ok = get(&e, &t, "/api/v2/tokens/me").await;
     assert!(ok.headers().get("inin-correlation-id").is_some());
