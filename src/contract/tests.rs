@@ -68,6 +68,9 @@ fn issues_of(v: &Value) -> Vec<(String, IssueCode)> {
 
 use IssueCode::*;
 
+/// Expected issues of one table row: (path, code) in order.
+type Expected = Vec<(&'static str, IssueCode)>;
+
 #[test]
 fn table_of_payloads_and_their_issues() {
     let long = "x".repeat(101);
@@ -76,7 +79,7 @@ fn table_of_payloads_and_their_issues() {
     let deep = json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}});
     let eight = json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}});
     #[rustfmt::skip]
-    let cases: Vec<(&str, Value, Vec<(&str, IssueCode)>)> = vec![
+    let cases: Vec<(&str, Value, Expected)> = vec![
         ("tutorial payload", tutorial(), vec![]),
         ("upper-case uuids", edited(&[set("conversationId", json!("A1B2C3D4-E5F6-7890-ABCD-EF1234567890"))]), vec![]),
         ("no conditions", edited(&[set("triggerConditions", json!([]))]), vec![]),
@@ -390,7 +393,7 @@ fn catalogue_issues(text: &str) -> Vec<(String, IssueCode)> {
 #[test]
 fn catalogue_issues_name_the_entry() {
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Vec<(&str, IssueCode)>)> = vec![
+    let cases: Vec<(&str, &str, Expected)> = vec![
         ("valid", CATALOGUE_YAML, vec![]),
         ("empty list", "prompts: []", vec![]),
         ("missing list", "{}", vec![("prompts", Required)]),
