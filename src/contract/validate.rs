@@ -263,9 +263,8 @@ impl Walker {
     /// below/above wording (the UI constraints have fixed words).
     pub(crate) fn number(&mut self, path: &str, v: &Value, rule: NumberRule<'_>) -> Option<f64> {
         let Value::Number(n) = v else {
-            let kind = if rule.integer { "a whole number" } else { "a number" };
-            let expected = if rule.unit.is_empty() { kind.to_string() } else { format!("{kind} of{}", rule.unit) };
-            self.type_error(path, &expected, v);
+            let expected = if rule.integer { "a whole number" } else { "a number" };
+            self.type_error(path, expected, v);
             return None;
         };
         // Every JSON number has an f64 reading; huge ones saturate to ±1.8e308, which the
