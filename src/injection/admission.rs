@@ -451,7 +451,8 @@ mod tests {
     #[test]
     fn lowest_max_applies() {
         // (existing maxes, candidate max, admitted?)
-        let table: &[(&[u8], u8, bool)] = &[
+        type Row = (&'static [u8], u8, bool);
+        let table: &[Row] = &[
             (&[3, 3], 3, true),
             (&[3, 3], 2, false), // candidate's own limit is 2 and two are held
             (&[3, 1], 3, false), // an occupant allows only itself
@@ -636,7 +637,8 @@ mod tests {
     #[test]
     fn reject_gives_retry_after_when_the_slot_frees() {
         // (occupants as (max, admitted_at), candidate max, now, expected retry_after)
-        let table: &[(&[(u8, u64)], u8, u64, u64)] = &[
+        type Row = (&'static [(u8, u64)], u8, u64, u64);
+        let table: &[Row] = &[
             (&[(1, 0)], 1, 1_000, 9_500),                          // frees at 10 500
             (&[(2, 0), (2, 2_000)], 2, 3_000, 7_500),              // earliest frees at 10 500
             (&[(3, 0), (3, 1_000), (3, 2_000)], 1, 2_000, 10_500), // needs all three gone: 12 500
