@@ -38,7 +38,8 @@
 //! - **Time never runs backwards.** A `now_ms` earlier than one already seen is read as the
 //!   latest time seen.
 //! - **Bounded memory.** The queue holds at most [`Limits::max_queued`] candidates; beyond it
-//!   a candidate is rejected ([`RejectReason::QueueFull`]) whatever its `reject_when_full`.
+//!   a candidate willing to wait is rejected too ([`RejectReason::QueueFull`]), with
+//!   `retry_after_ms` = when the queue next has room.
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -209,12 +210,12 @@ impl Ledger {
             // A zero delay is shown by this very call.
             self.run(now, &mut effects);
             Admit::Scheduled { show_at_ms, expires_at_ms }
-        } else if self.queue.len() >= self.limits.max_queued {
-            let retry_after_ms = self.retry_after(|l| l.queue.len() < l.limits.max_queued);
-            Admit::Rejected { retry_after_ms, reason: RejectReason::QueueFull }
         } else if c.reject_when_full {
             let retry_after_ms = self.retry_after(|l| l.admissible_now(&c));
             Admit::Rejected { retry_after_ms, reason: RejectReason::Full }
+        } else if self.queue.len() >= self.limits.max_queued {
+            let retry_after_ms = self.retry_after(|l| l.queue.len() < l.limits.max_queued);
+            Admit::Rejected { retry_after_ms, reason: RejectReason::QueueFull }
         } else {
             let deadline_ms = now.saturating_add(c.queue_timeout_ms);
             let at = self.queue.partition_point(|w| ahead_of(&w.candidate, &c));
@@ -679,6 +680,12 @@ mod tests {
         assert_eq!(
             decision(&mut l, cand(4, 1), 500),
             Admit::Rejected { retry_after_ms: 10_000, reason: RejectReason::QueueFull }
+        );
+        // One that would not wait anyway is told when it would be admitted: when 3 expires (31 500).
+        let impatient = Candidate { reject_when_full: true, ..cand(5, 1) };
+        assert_eq!(
+            decision(&mut l, impatient, 500),
+            Admit::Rejected { retry_after_ms: 31_000, reason: RejectReason::Full }
         );
     }
 
