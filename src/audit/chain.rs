@@ -369,8 +369,8 @@ impl Verifier {
         if let Some(m) = self.marks.last().filter(|m| m.seq > last_seq) {
             return Verdict::MissingTail { last_seq_present: last_seq, checkpoint_seq: m.seq };
         }
-        let first_seq = if self.records == 0 { last_seq + 1 } else { self.first_seq };
-        Verdict::Valid { records: self.records, first_seq, last_seq, purged: first_seq - 1 }
+        let first_seq = if self.records == 0 { last_seq.saturating_add(1) } else { self.first_seq };
+        Verdict::Valid { records: self.records, first_seq, last_seq, purged: first_seq.saturating_sub(1) }
     }
 }
 
