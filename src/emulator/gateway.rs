@@ -54,6 +54,7 @@ fn area(path: &str) -> Area {
 pub async fn gateway(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let correlation = uuid::Uuid::new_v4().to_string();
     let path = req.uri().path().to_string();
+    let method = req.method().clone();
     let resp = match area(&path) {
         Area::Token => {
             state.count(|s| s.token_requests += 1);
@@ -88,6 +89,8 @@ pub async fn gateway(AxState(state): AxState<Arc<State>>, req: Request, next: Ne
         }
         Area::Other => next.run(req).await,
     };
+    // Paths and statuses only: tokens and bodies never reach the log.
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), correlation = %correlation, "emulator request");
     render(resp, &correlation)
 }
 

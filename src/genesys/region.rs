@@ -154,9 +154,9 @@ fn resolve_url(s: &str) -> Result<Hosts, RegionError> {
     base.set_query(None);
     base.set_fragment(None);
     let swap = |to: &str| -> Url {
-        if host.starts_with("api.") {
+        if let Some(rest) = host.strip_prefix("api.") {
             let mut u = base.clone();
-            let new_host = format!("{to}.{}", &host["api.".len()..]);
+            let new_host = format!("{to}.{rest}");
             if u.set_host(Some(&new_host)).is_ok() {
                 return u;
             }
