@@ -58,6 +58,13 @@ impl Chain {
 
     /// Seals `draft` as the next record at `at`. The `auditId` is a UUID v7 carrying `at`'s
     /// milliseconds and 74 random bits from `rng` (injected so tests are reproducible).
+    /// Seals `draft` now, with the system clock and RNG: for one-shot callers (the CLI)
+    /// that have no clock of their own to inject.
+    pub fn append_now(&mut self, draft: AuditDraft) -> Result<AuditRecord, AuditError> {
+        let at = AuditTime::from_datetime(chrono::Utc::now())?;
+        self.append(draft, at, &mut rand::thread_rng())
+    }
+
     pub fn append(
         &mut self,
         draft: AuditDraft,

@@ -55,6 +55,14 @@ pub enum Command {
     Demo(demo::Args),
 }
 
+impl Command {
+    /// Servers log their progress; one-shot commands report through their result, so
+    /// their logs stay quiet unless asked for (-v).
+    fn is_long_running(&self) -> bool {
+        matches!(self, Command::Emulator(_))
+    }
+}
+
 /// What a command reports when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -81,7 +89,7 @@ impl Ctx {
 /// Entry point used by `main`: parse, init tracing, run on a tokio runtime.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.command.is_long_running());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -117,13 +125,19 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, long_running: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        0 if long_running => "info",
+        0 => "error",
         1 => "info,gc_assist=info",
         _ => "debug,hyper=info,reqwest=info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
