@@ -1,0 +1,173 @@
+//! The performance suite: every figure in BENCHMARKS.md, each beside a baseline measured
+//! in the same run, so ratios hold across machines. Run: `cargo bench --bench perf`.
+
+use std::sync::OnceLock;
+
+use divan::{black_box, Bencher};
+use gc_assist::audit::{AuditDraft, AuditRecord, AuditTime, Chain};
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+fn main() {
+    divan::main();
+}
+
+const TUTORIAL: &[u8] = include_bytes!("../examples/injection.json");
+
+/// Payload validation against the cost of merely parsing the same bytes as JSON.
+mod contract {
+    use super::*;
+
+    #[divan::bench(name = "baseline: serde_json parse to Value")]
+    fn parse_only(b: Bencher) {
+        b.counter(divan::counter::ItemsCount::new(1usize))
+            .bench(|| serde_json::from_slice::<serde_json::Value>(black_box(TUTORIAL)).unwrap());
+    }
+
+    #[divan::bench(name = "validate_json (parse + every rule + typed payload)")]
+    fn validate(b: Bencher) {
+        b.counter(divan::counter::ItemsCount::new(1usize))
+            .bench(|| gc_assist::contract::validate_json(black_box(TUTORIAL)).unwrap());
+    }
+}
+
+const RECORDS: usize = 100_000;
+
+fn draft(i: usize) -> AuditDraft {
+    AuditDraft {
+        conversation_id: Uuid::from_u128(i as u128 / 7),
+        prompt_id: Uuid::from_u128(42),
+        injection_id: Uuid::from_u128(i as u128),
+        status: "delivered".into(),
+        latency_ms: Some(3),
+        error: None,
+        actor: "api:bench".into(),
+        reason: None,
+    }
+}
+
+fn chain_records() -> &'static [AuditRecord] {
+    static RECORDS_CELL: OnceLock<Vec<AuditRecord>> = OnceLock::new();
+    RECORDS_CELL.get_or_init(|| {
+        let mut chain = Chain::genesis();
+        let mut rng = rand::thread_rng();
+        let at = AuditTime::parse("2025-03-04T10:15:30.250Z").unwrap();
+        (0..RECORDS).map(|i| chain.append(draft(i), at, &mut rng).unwrap()).collect()
+    })
+}
+
+/// Audit chain: verification and in-memory append, against SHA-256 over the same bytes.
+mod audit {
+    use super::*;
+
+    #[divan::bench(name = "baseline: SHA-256 of each canonical record (no chain)")]
+    fn hash_only(b: Bencher) {
+        let records = chain_records();
+        let canon: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| {
+                let mut buf = Vec::new();
+                r.write_canonical(&mut buf);
+                buf
+            })
+            .collect();
+        b.counter(divan::counter::ItemsCount::new(RECORDS)).bench(|| {
+            for c in &canon {
+                black_box(Sha256::digest(c));
+            }
+        });
+    }
+
+    #[divan::bench(name = "verify chain (records/s)")]
+    fn verify(b: Bencher) {
+        let records = chain_records();
+        b.counter(divan::counter::ItemsCount::new(RECORDS)).bench(|| {
+            let v = gc_assist::audit::verify(records.iter(), None, &[], &[]);
+            assert!(v.is_valid());
+        });
+    }
+
+    #[divan::bench(name = "append in memory (records/s)")]
+    fn append(b: Bencher) {
+        let at = AuditTime::parse("2025-03-04T10:15:30.250Z").unwrap();
+        b.counter(divan::counter::ItemsCount::new(10_000usize)).bench(|| {
+            let mut chain = Chain::genesis();
+            let mut rng = rand::thread_rng();
+            for i in 0..10_000 {
+                black_box(chain.append(draft(i), at, &mut rng).unwrap());
+            }
+        });
+    }
+}
+
+/// The Genesys request path (pacing, token cache, retry classification, typed decode)
+/// against a raw reqwest GET of the same emulator URL with a fixed bearer.
+mod genesys {
+    use super::*;
+    use gc_assist::emulator::{self, EmulatorConfig, NewConversation};
+    use gc_assist::genesys::{region, ClientSettings, GenesysClient};
+    use secrecy::SecretString;
+
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        client: GenesysClient,
+        raw: reqwest::Client,
+        url: String,
+        token: String,
+        conversation_id: String,
+        _emu: emulator::Emulator,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (emu, client, token) = rt.block_on(async {
+                // A limit far above what the benchmark reaches, so neither side is paced
+                // or throttled and the comparison is of request paths alone.
+                let cfg = EmulatorConfig { requests_per_minute: 100_000_000, ..EmulatorConfig::default() };
+                let emu = emulator::spawn(cfg).await.unwrap();
+                let mut s = ClientSettings::from_config(
+                    &gc_assist::config::Config::defaults().genesys,
+                    region::resolve(&emu.base_url()).unwrap(),
+                );
+                s.client_id = emu.client_id().into();
+                s.client_secret = SecretString::from(emu.client_secret().to_string());
+                s.requests_per_minute = 100_000_000;
+                s.burst = 100_000;
+                let client = GenesysClient::new(s).unwrap();
+                let token = emu.issue_agent_token("00000000-0000-4000-8000-000000000001");
+                (emu, client, token)
+            });
+            let call = emu.create_conversation(NewConversation::default());
+            let url = format!("{}/api/v2/conversations/{}", emu.base_url(), call.conversation_id);
+            Fixture {
+                rt,
+                client,
+                raw: reqwest::Client::new(),
+                url,
+                token,
+                conversation_id: call.conversation_id,
+                _emu: emu,
+            }
+        })
+    }
+
+    #[divan::bench(name = "baseline: raw reqwest GET conversation + JSON decode")]
+    fn raw(b: Bencher) {
+        let f = fixture();
+        b.bench(|| {
+            f.rt.block_on(async {
+                let r = f.raw.get(&f.url).bearer_auth(&f.token).send().await.unwrap();
+                assert!(r.status().is_success());
+                black_box(r.json::<serde_json::Value>().await.unwrap())
+            })
+        });
+    }
+
+    #[divan::bench(name = "GenesysClient::get_conversation")]
+    fn typed(b: Bencher) {
+        let f = fixture();
+        b.bench(|| f.rt.block_on(async { black_box(f.client.get_conversation(&f.conversation_id).await.unwrap()) }));
+    }
+}
