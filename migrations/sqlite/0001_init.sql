@@ -119,8 +119,8 @@ CREATE TABLE outbox (
     delivered_at    INTEGER
 );
 
--- The delivery worker's poll: small and hot, only pending rows.
-CREATE INDEX outbox_pending_due ON outbox (next_attempt_at) WHERE state = 'pending';
+-- The delivery worker's poll (state = 'pending', due first) and the backlog figures.
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
 -- Listing and counting by state (dead letters, backlog age).
 CREATE INDEX outbox_by_state ON outbox (state, created_at);
 -- An injection's webhooks, and the foreign key's cascade.

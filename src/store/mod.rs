@@ -131,9 +131,7 @@ impl StoreError {
                 sqlx::Error::Database(d) => {
                     let code = d.code();
                     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                    code.as_deref()
-                        .and_then(|c| c.parse::<i32>().ok())
-                        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                    code.as_deref().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
                 }
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
                 _ => false,

@@ -107,41 +107,89 @@ pub struct BatchOutcome {
     pub affected: Vec<u64>,
 }
 
-/// The state one transaction threads through the operations.
-pub(super) struct TxCtx<'a> {
-    pub conn: &'a mut SqliteConnection,
-    pub chain: &'a mut Chain,
-    pub rng: &'a mut StdRng,
+/// The state one pass over a drain threads through the operations.
+///
+/// In the fast pass (`bulk`), inserted injections, status updates, audit records and
+/// outbox rows are buffered and written as multi-row statements: one statement costs about
+/// as much as fifty single-row ones, so this is where the writer's throughput comes from.
+/// Buffers are flushed before any operation that reads what they hold. A constraint failure
+/// in a buffered statement cannot be pinned on one batch, so it sets `flush_failed` and the
+/// writer replays the drain without buffering, one savepoint per batch.
+pub(super) struct TxCtx<'c, 'j> {
+    conn: &'c mut SqliteConnection,
+    pub chain: &'c mut Chain,
+    rng: &'c mut StdRng,
     /// The timestamp of every record of this transaction.
-    pub at: AuditTime,
+    at: AuditTime,
     /// `at` in ms: the time of redrives, purges and disablements.
-    pub now: i64,
-    pub day: String,
-    /// Whether the current batch has changed anything yet.
+    now: i64,
+    day: String,
+    bulk: bool,
+    /// Whether the current batch has changed anything yet (buffered counts).
     pub wrote: bool,
+    /// A buffered statement failed on a constraint: replay the drain.
+    pub flush_failed: bool,
+    /// Every record sealed in this pass, in chain order.
     pub records: Vec<AuditRecord>,
+    /// `records[..audit_flushed]` are in the database.
+    audit_flushed: usize,
+    injections: Vec<(&'j InjectionRow, String, String)>,
+    updates: Vec<&'j InjectionUpdate>,
+    outbox: Vec<&'j OutboxRow>,
 }
 
-const INSERT_INJECTION: &str = "INSERT INTO injections (id, conversation_id, prompt_id, status, payload, content, \
+const INJECTION_COLS: usize = 17;
+const INSERT_INJECTIONS: &str = "INSERT INTO injections (id, conversation_id, prompt_id, status, payload, content, \
      priority, source, api_key_id, rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, \
-     last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     last_error) VALUES ";
 
-const UPDATE_INJECTION: &str = "UPDATE injections SET status = ?1, updated_at = ?2, \
-     admitted_at = COALESCE(?3, admitted_at), show_at = COALESCE(?4, show_at), \
-     expires_at = COALESCE(?5, expires_at), queue_deadline = COALESCE(?6, queue_deadline), \
-     last_error = COALESCE(?7, last_error) \
-     WHERE id = ?8 AND status = ?9 RETURNING conversation_id, prompt_id";
+const UPDATE_COLS: usize = 9;
+const UPDATE_INJECTIONS: (&str, &str) = (
+    "WITH v (id, expected, status, at, admitted_at, show_at, expires_at, queue_deadline, last_error) AS (VALUES ",
+    ") UPDATE injections SET status = v.status, updated_at = v.at, \
+     admitted_at = COALESCE(v.admitted_at, injections.admitted_at), \
+     show_at = COALESCE(v.show_at, injections.show_at), \
+     expires_at = COALESCE(v.expires_at, injections.expires_at), \
+     queue_deadline = COALESCE(v.queue_deadline, injections.queue_deadline), \
+     last_error = COALESCE(v.last_error, injections.last_error) \
+     FROM v WHERE injections.id = v.id AND injections.status = v.expected \
+     RETURNING id, conversation_id, prompt_id",
+);
 
+const AUDIT_COLS: usize = 16;
 const INSERT_AUDIT: &str = "INSERT INTO audit_records (seq, audit_id, timestamp, day, conversation_id, prompt_id, \
-     injection_id, status, latency_ms, error, actor, reason, compliance_tag, retention_policy, prev_hash, hash) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     injection_id, status, latency_ms, error, actor, reason, compliance_tag, retention_policy, prev_hash, hash) VALUES ";
 
 // A message for an endpoint disabled by a 410 is filed as `disabled` rather than sent.
-const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, injection_id, endpoint_url, event_type, body, created_at, \
-     attempts, next_attempt_at, state, last_status, last_error, delivered_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-     CASE WHEN ?9 = 'pending' AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE url = ?3) THEN 'disabled' ELSE ?9 END, \
-     ?10, ?11, ?12)";
+const OUTBOX_COLS: usize = 12;
+const INSERT_OUTBOX: (&str, &str) = (
+    "WITH v (id, injection_id, endpoint_url, event_type, body, created_at, attempts, next_attempt_at, state, \
+     last_status, last_error, delivered_at) AS (VALUES ",
+    ") INSERT INTO outbox (id, injection_id, endpoint_url, event_type, body, created_at, attempts, next_attempt_at, \
+     state, last_status, last_error, delivered_at) \
+     SELECT id, injection_id, endpoint_url, event_type, body, created_at, attempts, next_attempt_at, \
+     CASE WHEN state = 'pending' AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.url = v.endpoint_url) \
+     THEN 'disabled' ELSE state END, last_status, last_error, delivered_at FROM v",
+);
+
+/// Rows per multi-row statement, kept well under SQLite's 32766 bound parameters.
+const CHUNK_ROWS: usize = 128;
+
+/// The next chunk: full ones, then powers of two, so few distinct statements exist and
+/// sqlx's prepared-statement cache keeps them all.
+fn chunk_len(n: usize) -> usize {
+    if n >= CHUNK_ROWS {
+        CHUNK_ROWS
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+/// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `cols` placeholders.
+fn placeholders(cols: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    vec![one; rows].join(", ")
+}
 
 // An existing key is taken over only once its answer is older than the 24 h window.
 const UPSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, \
@@ -163,9 +211,52 @@ fn is_kind(e: &sqlx::Error, kind: ErrorKind) -> bool {
     e.as_database_error().is_some_and(|d| d.kind() == kind)
 }
 
-impl TxCtx<'_> {
+impl<'c, 'j> TxCtx<'c, 'j> {
+    pub fn new(
+        conn: &'c mut SqliteConnection,
+        chain: &'c mut Chain,
+        rng: &'c mut StdRng,
+        at: AuditTime,
+        now: i64,
+        bulk: bool,
+    ) -> Self {
+        TxCtx {
+            conn,
+            chain,
+            rng,
+            day: at.as_str()[..10].to_owned(),
+            at,
+            now,
+            bulk,
+            wrote: false,
+            flush_failed: false,
+            records: Vec::new(),
+            audit_flushed: 0,
+            injections: Vec::new(),
+            updates: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Starts a batch; returns where its records will begin in `records`.
+    pub fn begin_batch(&mut self) -> usize {
+        self.wrote = false;
+        self.records.len()
+    }
+
+    /// Forgets the records from `from` on (their batch was rolled back to its savepoint).
+    pub fn discard_records(&mut self, from: usize) {
+        self.records.truncate(from);
+        self.audit_flushed = self.audit_flushed.min(from);
+    }
+
+    /// Runs a statement without binds (savepoints, ...).
+    pub async fn exec(&mut self, sql: &'static str, context: &'static str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(&mut *self.conn).await.map_err(db_err(context)).map(|_| ())
+    }
+
     /// Applies one operation; the row count is the operation's `affected` figure.
-    pub async fn apply(&mut self, op: &WriteOp) -> Result<u64, StoreError> {
+    pub async fn apply(&mut self, op: &'j WriteOp) -> Result<u64, StoreError> {
         match op {
             WriteOp::InsertInjection { row, audit, outbox, idempotency } => {
                 self.insert_injection(row, audit, outbox, idempotency.as_ref()).await
@@ -175,6 +266,22 @@ impl TxCtx<'_> {
             WriteOp::PutIdempotency(row) => {
                 self.put_idempotency(row).await?;
                 Ok(1)
+            }
+            // Everything below reads or changes what the buffers hold: write them out first.
+            other => {
+                self.flush().await?;
+                self.apply_direct(other).await
+            }
+        }
+    }
+
+    async fn apply_direct(&mut self, op: &WriteOp) -> Result<u64, StoreError> {
+        match op {
+            WriteOp::InsertInjection { .. }
+            | WriteOp::UpdateInjection(_)
+            | WriteOp::RecordEvent { .. }
+            | WriteOp::PutIdempotency(_) => {
+                Err(StoreError::Invalid("internal: a buffered operation took the direct path".into()))
             }
             WriteOp::PurgeIdempotency => {
                 let cutoff = self.now.saturating_sub(IDEMPOTENCY_TTL_MS);
@@ -256,9 +363,9 @@ impl TxCtx<'_> {
 
     async fn insert_injection(
         &mut self,
-        row: &InjectionRow,
+        row: &'j InjectionRow,
         audit: &[AuditDraft],
-        outbox: &[OutboxRow],
+        outbox: &'j [OutboxRow],
         idempotency: Option<&IdempotencyRow>,
     ) -> Result<u64, StoreError> {
         if row.conversation_id != row.payload.conversation_id() || row.prompt_id != row.payload.prompt_id() {
@@ -276,95 +383,52 @@ impl TxCtx<'_> {
                     idem.injection_id, row.id
                 )));
             }
-            self.put_idempotency(idem).await?;
         }
         let payload = serde_json::to_string(&row.payload.to_json())
             .map_err(|e| StoreError::Invalid(format!("payload of injection {} does not serialize: {e}", row.id)))?;
         let content = row.content.to_json().to_string();
-        let result = sqlx::query(INSERT_INJECTION)
-            .bind(row.id.hyphenated())
-            .bind(row.conversation_id.hyphenated())
-            .bind(row.prompt_id.hyphenated())
-            .bind(row.status.as_str())
-            .bind(payload)
-            .bind(content)
-            .bind(row.priority.as_str())
-            .bind(row.source.as_str())
-            .bind(row.api_key_id.as_deref())
-            .bind(row.rule_id.as_deref())
-            .bind(row.created_at)
-            .bind(row.admitted_at)
-            .bind(row.show_at)
-            .bind(row.expires_at)
-            .bind(row.queue_deadline)
-            .bind(row.updated_at)
-            .bind(row.last_error.as_deref())
-            .execute(&mut *self.conn)
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_kind(&e, ErrorKind::UniqueViolation) => {
-                return Err(StoreError::Duplicate { what: "injection", id: row.id.to_string() })
-            }
-            Err(e) => return Err(db_err("inserting an injection")(e)),
+        if let Some(idem) = idempotency {
+            self.put_idempotency(idem).await?;
         }
+        self.injections.push((row, payload, content));
         self.wrote = true;
+        if !self.bulk {
+            self.flush_injections().await?;
+        }
         for d in audit {
             self.append(d).await?;
         }
-        for o in outbox {
-            self.insert_outbox(o).await?;
-        }
+        self.queue_outbox(outbox).await?;
         Ok(1)
     }
 
-    async fn update_injection(&mut self, u: &InjectionUpdate) -> Result<u64, StoreError> {
+    async fn update_injection(&mut self, u: &'j InjectionUpdate) -> Result<u64, StoreError> {
         check_drafts(u.id, None, &u.audit)?;
         check_outbox(u.id, &u.outbox)?;
-        let ids = sqlx::query(UPDATE_INJECTION)
-            .bind(u.status.as_str())
-            .bind(u.at)
-            .bind(u.admitted_at)
-            .bind(u.show_at)
-            .bind(u.expires_at)
-            .bind(u.queue_deadline)
-            .bind(u.last_error.as_deref())
-            .bind(u.id.hyphenated())
-            .bind(u.expected_status.as_str())
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(db_err("updating an injection"))?;
-        let Some(ids) = ids else {
-            let actual: Option<String> = sqlx::query_scalar("SELECT status FROM injections WHERE id = ?")
-                .bind(u.id.hyphenated())
-                .fetch_optional(&mut *self.conn)
-                .await
-                .map_err(db_err("reading an injection's status"))?;
-            return Err(match actual {
-                None => StoreError::NotFound { what: "injection", id: u.id.to_string() },
-                Some(s) => StoreError::Conflict {
-                    id: u.id,
-                    expected: u.expected_status,
-                    actual: s.parse().map_err(|()| StoreError::Corrupt(format!("injection {} has status {s:?}", u.id)))?,
-                },
-            });
-        };
+        // Two changes of one injection in one statement would race; the second waits for
+        // the first and then runs on its own, so a conflict is pinned on its batch alone.
+        let immediate = !self.bulk || self.updates.iter().any(|b| b.id == u.id);
+        if immediate {
+            self.flush().await?;
+            self.updates.push(u);
+            self.flush_updates(true).await?;
+        } else {
+            self.updates.push(u);
+        }
         self.wrote = true;
-        let conv = parse_text_uuid(&ids, 0)?;
-        let prompt = parse_text_uuid(&ids, 1)?;
-        check_drafts(u.id, Some((conv, prompt)), &u.audit)?;
         for d in &u.audit {
             self.append(d).await?;
         }
-        for o in &u.outbox {
-            self.insert_outbox(o).await?;
-        }
+        self.queue_outbox(&u.outbox).await?;
         Ok(1)
     }
 
-    async fn record_event(&mut self, audit: &AuditDraft, outbox: &[OutboxRow]) -> Result<u64, StoreError> {
+    async fn record_event(&mut self, audit: &AuditDraft, outbox: &'j [OutboxRow]) -> Result<u64, StoreError> {
         let id = audit.injection_id;
         check_outbox(id, outbox)?;
+        if self.injections.iter().any(|(r, _, _)| r.id == id) {
+            self.flush().await?;
+        }
         let ids = sqlx::query("SELECT conversation_id, prompt_id FROM injections WHERE id = ?")
             .bind(id.hyphenated())
             .fetch_optional(&mut *self.conn)
@@ -375,71 +439,233 @@ impl TxCtx<'_> {
         let prompt = parse_text_uuid(&ids, 1)?;
         check_drafts(id, Some((conv, prompt)), std::slice::from_ref(audit))?;
         self.append(audit).await?;
-        for o in outbox {
-            self.insert_outbox(o).await?;
-        }
+        self.queue_outbox(outbox).await?;
         Ok(1)
     }
 
-    /// Seals `draft` as the next record and stores it.
+    /// Seals `draft` as the next record (its insert may be buffered).
     async fn append(&mut self, draft: &AuditDraft) -> Result<(), StoreError> {
-        let latency = draft.latency_ms.map(|ms| to_i64(ms, "latencyMs")).transpose()?;
         let r = self.chain.append(draft.clone(), self.at, self.rng)?;
-        self.wrote = true;
-        sqlx::query(INSERT_AUDIT)
-            .bind(to_i64(r.seq, "seq")?)
-            .bind(r.audit_id)
-            .bind(r.timestamp.as_str())
-            .bind(self.day.as_str())
-            .bind(r.conversation_id)
-            .bind(r.prompt_id)
-            .bind(r.injection_id)
-            .bind(r.status.as_str())
-            .bind(latency)
-            .bind(r.error.as_deref())
-            .bind(r.actor.as_str())
-            .bind(r.reason.as_deref())
-            .bind(r.compliance_tag.as_str())
-            .bind(r.retention_policy.as_str())
-            .bind(&r.prev_hash.0[..])
-            .bind(&r.hash.0[..])
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db_err("appending an audit record"))?;
         self.records.push(r);
+        self.wrote = true;
+        if !self.bulk {
+            self.flush_audit().await?;
+        }
         Ok(())
     }
 
-    async fn insert_outbox(&mut self, o: &OutboxRow) -> Result<(), StoreError> {
-        let result = sqlx::query(INSERT_OUTBOX)
-            .bind(o.id.as_str())
-            .bind(o.injection_id.hyphenated())
-            .bind(o.endpoint_url.as_str())
-            .bind(o.event_type.as_str())
-            .bind(&o.body[..])
-            .bind(o.created_at)
-            .bind(i64::from(o.attempts))
-            .bind(o.next_attempt_at)
-            .bind(o.state.as_str())
-            .bind(o.last_status.map(i64::from))
-            .bind(o.last_error.as_deref())
-            .bind(o.delivered_at)
-            .execute(&mut *self.conn)
-            .await;
-        match result {
-            Ok(_) => {
-                self.wrote = true;
-                Ok(())
-            }
-            Err(e) if is_kind(&e, ErrorKind::UniqueViolation) => {
-                Err(StoreError::Duplicate { what: "webhook message", id: o.id.clone() })
-            }
-            Err(e) if is_kind(&e, ErrorKind::ForeignKeyViolation) => Err(StoreError::NotFound {
-                what: "injection (named by a webhook message)",
-                id: o.injection_id.to_string(),
-            }),
-            Err(e) => Err(db_err("enqueueing a webhook message")(e)),
+    async fn queue_outbox(&mut self, rows: &'j [OutboxRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
         }
+        self.outbox.extend(rows);
+        self.wrote = true;
+        if !self.bulk {
+            self.flush_outbox().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffer, in foreign-key order.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        self.flush_injections().await?;
+        self.flush_updates(!self.bulk).await?;
+        self.flush_audit().await?;
+        self.flush_outbox().await
+    }
+
+    /// Maps a failed buffered statement: constraint failures are the batches' own (and in the
+    /// fast pass cannot be pinned on one, hence a replay); anything else fails the transaction.
+    fn buffered_err(&mut self, e: sqlx::Error, context: &'static str, single: StoreError) -> StoreError {
+        let constraint = [ErrorKind::UniqueViolation, ErrorKind::ForeignKeyViolation, ErrorKind::CheckViolation]
+            .into_iter()
+            .any(|k| is_kind(&e, k));
+        if !constraint {
+            return db_err(context)(e);
+        }
+        if self.bulk {
+            self.flush_failed = true;
+            StoreError::Invalid(format!("{context}: {e}"))
+        } else {
+            single
+        }
+    }
+
+    async fn flush_injections(&mut self) -> Result<(), StoreError> {
+        let buf = std::mem::take(&mut self.injections);
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            rest = tail;
+            let sql = format!("{INSERT_INJECTIONS}{}", placeholders(INJECTION_COLS, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for (row, payload, content) in chunk {
+                q = q
+                    .bind(row.id.hyphenated())
+                    .bind(row.conversation_id.hyphenated())
+                    .bind(row.prompt_id.hyphenated())
+                    .bind(row.status.as_str())
+                    .bind(payload.as_str())
+                    .bind(content.as_str())
+                    .bind(row.priority.as_str())
+                    .bind(row.source.as_str())
+                    .bind(row.api_key_id.as_deref())
+                    .bind(row.rule_id.as_deref())
+                    .bind(row.created_at)
+                    .bind(row.admitted_at)
+                    .bind(row.show_at)
+                    .bind(row.expires_at)
+                    .bind(row.queue_deadline)
+                    .bind(row.updated_at)
+                    .bind(row.last_error.as_deref());
+            }
+            if let Err(e) = q.execute(&mut *self.conn).await {
+                let single = StoreError::Duplicate { what: "injection", id: chunk[0].0.id.to_string() };
+                return Err(self.buffered_err(e, "inserting injections", single));
+            }
+        }
+        Ok(())
+    }
+
+    /// `attributable`: the buffer holds one batch's update only, so a miss is that batch's.
+    async fn flush_updates(&mut self, attributable: bool) -> Result<(), StoreError> {
+        let buf = std::mem::take(&mut self.updates);
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            rest = tail;
+            let sql =
+                format!("{}{}{}", UPDATE_INJECTIONS.0, placeholders(UPDATE_COLS, chunk.len()), UPDATE_INJECTIONS.1);
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q
+                    .bind(u.id.hyphenated())
+                    .bind(u.expected_status.as_str())
+                    .bind(u.status.as_str())
+                    .bind(u.at)
+                    .bind(u.admitted_at)
+                    .bind(u.show_at)
+                    .bind(u.expires_at)
+                    .bind(u.queue_deadline)
+                    .bind(u.last_error.as_deref());
+            }
+            let changed = match q.fetch_all(&mut *self.conn).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let single = StoreError::Invalid(format!("injection {}: {e}", chunk[0].id));
+                    let e = self.buffered_err(e, "updating injections", single);
+                    self.flush_failed &= !attributable;
+                    return Err(e);
+                }
+            };
+            let mut found = std::collections::HashMap::with_capacity(changed.len());
+            for r in &changed {
+                found.insert(parse_text_uuid(r, 0)?, (parse_text_uuid(r, 1)?, parse_text_uuid(r, 2)?));
+            }
+            for u in chunk {
+                let outcome = match found.get(&u.id) {
+                    Some(&ids) => check_drafts(u.id, Some(ids), &u.audit),
+                    None => Err(self.explain_missed_update(u).await?),
+                };
+                if let Err(e) = outcome {
+                    if !attributable {
+                        // Other batches' changes went out in the same statement.
+                        self.flush_failed = true;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why an optimistic update changed no row: the injection is gone or has moved on.
+    async fn explain_missed_update(&mut self, u: &InjectionUpdate) -> Result<StoreError, StoreError> {
+        let actual: Option<String> = sqlx::query_scalar("SELECT status FROM injections WHERE id = ?")
+            .bind(u.id.hyphenated())
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err("reading an injection's status"))?;
+        Ok(match actual {
+            None => StoreError::NotFound { what: "injection", id: u.id.to_string() },
+            Some(s) => StoreError::Conflict {
+                id: u.id,
+                expected: u.expected_status,
+                actual: s.parse().map_err(|()| StoreError::Corrupt(format!("injection {} has status {s:?}", u.id)))?,
+            },
+        })
+    }
+
+    async fn flush_audit(&mut self) -> Result<(), StoreError> {
+        let mut from = self.audit_flushed;
+        while from < self.records.len() {
+            let n = chunk_len(self.records.len() - from);
+            let chunk = &self.records[from..from + n];
+            let sql = format!("{INSERT_AUDIT}{}", placeholders(AUDIT_COLS, n));
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                let latency = r.latency_ms.map(|ms| to_i64(ms, "latencyMs")).transpose()?;
+                q = q
+                    .bind(to_i64(r.seq, "seq")?)
+                    .bind(r.audit_id)
+                    .bind(r.timestamp.as_str())
+                    .bind(self.day.as_str())
+                    .bind(r.conversation_id)
+                    .bind(r.prompt_id)
+                    .bind(r.injection_id)
+                    .bind(r.status.as_str())
+                    .bind(latency)
+                    .bind(r.error.as_deref())
+                    .bind(r.actor.as_str())
+                    .bind(r.reason.as_deref())
+                    .bind(r.compliance_tag.as_str())
+                    .bind(r.retention_policy.as_str())
+                    .bind(&r.prev_hash.0[..])
+                    .bind(&r.hash.0[..]);
+            }
+            q.execute(&mut *self.conn).await.map_err(db_err("appending audit records"))?;
+            from += n;
+            self.audit_flushed = from;
+        }
+        Ok(())
+    }
+
+    async fn flush_outbox(&mut self) -> Result<(), StoreError> {
+        let buf = std::mem::take(&mut self.outbox);
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            rest = tail;
+            let sql = format!("{}{}{}", INSERT_OUTBOX.0, placeholders(OUTBOX_COLS, chunk.len()), INSERT_OUTBOX.1);
+            let mut q = sqlx::query(&sql);
+            for o in chunk {
+                q = q
+                    .bind(o.id.as_str())
+                    .bind(o.injection_id.hyphenated())
+                    .bind(o.endpoint_url.as_str())
+                    .bind(o.event_type.as_str())
+                    .bind(&o.body[..])
+                    .bind(o.created_at)
+                    .bind(i64::from(o.attempts))
+                    .bind(o.next_attempt_at)
+                    .bind(o.state.as_str())
+                    .bind(o.last_status.map(i64::from))
+                    .bind(o.last_error.as_deref())
+                    .bind(o.delivered_at);
+            }
+            if let Err(e) = q.execute(&mut *self.conn).await {
+                let single = if is_kind(&e, ErrorKind::ForeignKeyViolation) {
+                    StoreError::NotFound {
+                        what: "injection (named by a webhook message)",
+                        id: chunk[0].injection_id.to_string(),
+                    }
+                } else {
+                    StoreError::Duplicate { what: "webhook message", id: chunk[0].id.clone() }
+                };
+                return Err(self.buffered_err(e, "enqueueing webhook messages", single));
+            }
+        }
+        Ok(())
     }
 
     async fn put_idempotency(&mut self, row: &IdempotencyRow) -> Result<(), StoreError> {
@@ -532,23 +758,21 @@ impl TxCtx<'_> {
                 }
                 n
             }
-            Redrive::AllDead => {
-                sqlx::query(&format!("{SET} WHERE state = 'dead'"))
+            Redrive::AllDead => sqlx::query(&format!("{SET} WHERE state = 'dead'"))
+                .bind(self.now)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(db_err("redriving dead webhook messages"))?
+                .rows_affected(),
+            Redrive::Endpoint(url) => {
+                sqlx::query(&format!("{SET} WHERE state IN ('dead', 'disabled') AND endpoint_url = ?"))
                     .bind(self.now)
+                    .bind(url.as_str())
                     .execute(&mut *self.conn)
                     .await
-                    .map_err(db_err("redriving dead webhook messages"))?
+                    .map_err(db_err("redriving an endpoint's webhook messages"))?
                     .rows_affected()
             }
-            Redrive::Endpoint(url) => sqlx::query(&format!(
-                "{SET} WHERE state IN ('dead', 'disabled') AND endpoint_url = ?"
-            ))
-            .bind(self.now)
-            .bind(url.as_str())
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db_err("redriving an endpoint's webhook messages"))?
-            .rows_affected(),
         };
         self.wrote |= affected > 0;
         Ok(affected)

@@ -30,7 +30,23 @@ const AUDIT_COLUMNS: &str = "seq, audit_id, timestamp, conversation_id, prompt_i
 const OUTBOX_COLUMNS: &str = "id, injection_id, endpoint_url, event_type, body, created_at, attempts, \
      next_attempt_at, state, last_status, last_error, delivered_at";
 
-const LIVE: &str = "status IN ('armed', 'scheduled', 'queued', 'delivered')";
+// The WHERE and ORDER BY parts of the indexed reads, named so the query-plan test checks the
+// very text the reads run. The live-status term repeats the partial indexes' WHERE exactly,
+// which is what lets SQLite use them.
+const CONVERSATION_PROMPTS: &str = "FROM injections WHERE conversation_id = ? \
+     AND status IN ('armed', 'scheduled', 'queued', 'delivered') \
+     AND (status <> 'delivered' OR expires_at IS NULL OR expires_at > ?) ORDER BY created_at, id";
+const RECOVERY: &str =
+    "FROM injections WHERE status IN ('armed', 'scheduled', 'queued', 'delivered') ORDER BY created_at, id";
+const TIMELINE: &str = "FROM audit_records WHERE injection_id = ? ORDER BY seq";
+const OUTBOX_DUE: &str =
+    "FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?";
+const AUDIT_DAYS: &str = "SELECT day, min(seq), max(seq), count(*) FROM audit_records GROUP BY day ORDER BY day";
+const OUTBOX_STATS: &str = "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'), \
+     (SELECT min(created_at) FROM outbox WHERE state = 'pending'), \
+     (SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?), \
+     (SELECT count(*) FROM outbox WHERE state = 'dead'), \
+     (SELECT count(*) FROM outbox WHERE state = 'disabled')";
 
 pub(super) const CHECKPOINT_SELECT_BY_DAY: &str = "SELECT day, last_seq, last_hash, record_count, created_at, key_id, \
      signature FROM audit_checkpoints WHERE day = ?";
@@ -177,7 +193,11 @@ pub(super) async fn load_head(conn: &mut SqliteConnection) -> Result<AuditHead, 
         .await
         .map_err(db_err("reading the audit head"))?
         .ok_or_else(|| corrupt("the audit_head row is missing"))?;
-    Ok(AuditHead { last_seq: u64_col(&row, 0, "audit head seq")?, last_hash: digest(get(&row, 1)?)?, last_at: get(&row, 2)? })
+    Ok(AuditHead {
+        last_seq: u64_col(&row, 0, "audit head seq")?,
+        last_hash: digest(get(&row, 1)?)?,
+        last_at: get(&row, 2)?,
+    })
 }
 
 /// The read side of [`Store`](super::Store).
@@ -197,39 +217,34 @@ impl super::Store {
             .map_err(db_err("reading an injection"))?;
         let Some(row) = row else { return Ok(None) };
         let row = decode_injection(&row)?;
-        let timeline = sqlx::query(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_records WHERE injection_id = ? ORDER BY seq"
-        ))
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("reading an injection's timeline"))?
-        .iter()
-        .map(decode_audit)
-        .collect::<Result<Vec<_>, _>>()?;
+        let timeline = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} {TIMELINE}"))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("reading an injection's timeline"))?
+            .iter()
+            .map(decode_audit)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(InjectionWithTimeline { row, timeline }))
     }
 
     /// The live prompts of a conversation: armed, scheduled, queued, and delivered ones still
     /// on screen at `now` (`expires_at` later than now, or not set), oldest first.
     pub async fn conversation_prompts(&self, conversation_id: Uuid, now: i64) -> Result<Vec<InjectionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {INJECTION_COLUMNS} FROM injections WHERE conversation_id = ? AND {LIVE} \
-             AND (status <> 'delivered' OR expires_at IS NULL OR expires_at > ?) ORDER BY created_at, id"
-        ))
-        .bind(conversation_id.hyphenated())
-        .bind(now)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("reading a conversation's prompts"))?
-        .iter()
-        .map(decode_injection)
-        .collect()
+        sqlx::query(&format!("SELECT {INJECTION_COLUMNS} {CONVERSATION_PROMPTS}"))
+            .bind(conversation_id.hyphenated())
+            .bind(now)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("reading a conversation's prompts"))?
+            .iter()
+            .map(decode_injection)
+            .collect()
     }
 
     /// Everything a restarted service must pick up again (see [`RecoverySet`]).
     pub async fn recovery_set(&self, now: i64) -> Result<RecoverySet, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {INJECTION_COLUMNS} FROM injections WHERE {LIVE} ORDER BY created_at, id"))
+        let rows = sqlx::query(&format!("SELECT {INJECTION_COLUMNS} {RECOVERY}"))
             .fetch_all(self.pool())
             .await
             .map_err(db_err("reading the recovery set"))?;
@@ -247,18 +262,15 @@ impl super::Store {
 
     /// Pending webhook messages due at `now`, the longest-due first.
     pub async fn outbox_due(&self, now: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? \
-             ORDER BY next_attempt_at LIMIT ?"
-        ))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("reading due webhook messages"))?
-        .iter()
-        .map(decode_outbox)
-        .collect()
+        sqlx::query(&format!("SELECT {OUTBOX_COLUMNS} {OUTBOX_DUE}"))
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("reading due webhook messages"))?
+            .iter()
+            .map(decode_outbox)
+            .collect()
     }
 
     /// Messages in `state` (all states if `None`), oldest first, at most `limit`.
@@ -294,17 +306,11 @@ impl super::Store {
 
     /// Backlog figures for metrics.
     pub async fn outbox_stats(&self, now: i64) -> Result<OutboxStats, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'), \
-                    (SELECT min(created_at) FROM outbox WHERE state = 'pending'), \
-                    (SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?), \
-                    (SELECT count(*) FROM outbox WHERE state = 'dead'), \
-                    (SELECT count(*) FROM outbox WHERE state = 'disabled')",
-        )
-        .bind(now)
-        .fetch_one(self.pool())
-        .await
-        .map_err(db_err("reading outbox figures"))?;
+        let row = sqlx::query(OUTBOX_STATS)
+            .bind(now)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db_err("reading outbox figures"))?;
         Ok(OutboxStats {
             pending: u64_col(&row, 0, "count")?,
             oldest_pending_age_ms: get::<Option<i64>>(&row, 1)?.map(|t| now.saturating_sub(t).max(0)),
@@ -369,10 +375,7 @@ impl super::Store {
 
     /// The stored records per UTC day, oldest first: what checkpoints and purge plans need.
     pub async fn audit_days(&self) -> Result<Vec<DaySummary>, StoreError> {
-        let rows = sqlx::query("SELECT day, min(seq), max(seq), count(*) FROM audit_records GROUP BY day ORDER BY day")
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err("summarising audit days"))?;
+        let rows = sqlx::query(AUDIT_DAYS).fetch_all(self.pool()).await.map_err(db_err("summarising audit days"))?;
         rows.iter()
             .map(|r| {
                 Ok(DaySummary {
@@ -401,10 +404,11 @@ impl super::Store {
 
     /// Every day purged by retention, oldest first.
     pub async fn purges(&self) -> Result<Vec<PurgeRecord>, StoreError> {
-        let rows = sqlx::query("SELECT day, first_seq, last_seq, record_count, purged_at FROM audit_purges ORDER BY day")
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err("reading purges"))?;
+        let rows =
+            sqlx::query("SELECT day, first_seq, last_seq, record_count, purged_at FROM audit_purges ORDER BY day")
+                .fetch_all(self.pool())
+                .await
+                .map_err(db_err("reading purges"))?;
         rows.iter()
             .map(|r| {
                 Ok(PurgeRecord {
@@ -476,10 +480,10 @@ impl super::Store {
 }
 
 async fn audit_batch(pool: &SqlitePool, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-    // Decoding row by row as they arrive keeps one batch of rows, not two, in memory.
+    // Decoding rows as they arrive keeps one batch in memory, not the rows and the records.
     use futures::TryStreamExt;
-    let sql = const_format_audit_batch();
-    let mut rows = sqlx::query(sql).bind(to_i64(from_seq, "seq")?).bind(i64::from(limit)).fetch(pool);
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_records WHERE seq >= ? ORDER BY seq LIMIT ?");
+    let mut rows = sqlx::query(&sql).bind(to_i64(from_seq, "seq")?).bind(i64::from(limit)).fetch(pool);
     let mut out = Vec::with_capacity(limit.min(65_536) as usize);
     while let Some(row) = rows.try_next().await.map_err(db_err("reading audit records"))? {
         out.push(decode_audit(&row)?);
@@ -487,8 +491,35 @@ async fn audit_batch(pool: &SqlitePool, from_seq: u64, limit: u32) -> Result<Vec
     Ok(out)
 }
 
-/// The SQL of [`audit_batch`], built once (a `&'static str` keeps sqlx's statement cache hot).
-fn const_format_audit_batch() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| format!("SELECT {AUDIT_COLUMNS} FROM audit_records WHERE seq >= ? ORDER BY seq LIMIT ?"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    /// Every hot read is served by an index (never a full scan of a growing table).
+    #[tokio::test]
+    async fn hot_reads_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("plan.db"), StoreOptions::default()).await.unwrap();
+        // (query, index it must use, whether a sort step is acceptable)
+        let cases = [
+            (format!("SELECT {INJECTION_COLUMNS} {CONVERSATION_PROMPTS}"), "injections_live_by_conversation", true),
+            (format!("SELECT {INJECTION_COLUMNS} {RECOVERY}"), "injections_live_by_status", true),
+            (format!("SELECT {AUDIT_COLUMNS} {TIMELINE}"), "audit_records_injection", false),
+            (format!("SELECT {OUTBOX_COLUMNS} {OUTBOX_DUE}"), "outbox_due (state=? AND next_attempt_at<?)", false),
+            (AUDIT_DAYS.to_owned(), "COVERING INDEX audit_records_day", false),
+            (OUTBOX_STATS.to_owned(), "outbox_by_state", false),
+            ("SELECT status FROM injections WHERE id = ?".to_owned(), "sqlite_autoindex_injections_1", false),
+        ];
+        for (sql, want, sort_ok) in cases {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")).fetch_all(store.pool()).await.unwrap();
+            let text: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(text.iter().any(|t| t.contains(want)), "{sql}\n=> {text:?}");
+            let table_scan = |t: &&str| t.starts_with("SCAN ") && !t.contains("INDEX") && *t != "SCAN CONSTANT ROW";
+            assert!(!text.iter().any(table_scan), "full scan: {sql}\n=> {text:?}");
+            assert!(sort_ok || !text.iter().any(|t| t.contains("TEMP B-TREE")), "sort: {sql}\n=> {text:?}");
+        }
+        store.close().await.unwrap();
+    }
 }

@@ -202,8 +202,9 @@ impl Writer {
         Ok(answers)
     }
 
-    /// Applies every batch in order. Without savepoints, a batch that fails before writing
-    /// anything is skipped in place, and one that fails after writing asks for a replay.
+    /// Applies every batch in order. The fast pass buffers writes into multi-row statements
+    /// and skips, in place, a batch that fails before writing anything; a batch failing after
+    /// writing asks for a replay. The replay runs each batch at once inside a savepoint.
     async fn pass(
         &mut self,
         jobs: &[(WriteBatch, Reply)],
@@ -211,23 +212,15 @@ impl Writer {
         now: i64,
         savepoints: bool,
     ) -> Result<Pass, StoreError> {
-        let day = at.as_str()[..10].to_owned();
-        let mut answers = Vec::with_capacity(jobs.len());
+        let mut ctx = TxCtx::new(&mut self.conn, &mut self.chain, &mut self.rng, at, now, !savepoints);
+        // Per batch: its records' count and the operations' row counts, or its error.
+        let mut outcomes: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::with_capacity(jobs.len());
         for (batch, _) in jobs {
-            let before = (self.chain.last_seq(), self.chain.last_hash());
+            let before = (ctx.chain.last_seq(), ctx.chain.last_hash());
             if savepoints {
-                sqlx::query("SAVEPOINT batch").execute(&mut self.conn).await.map_err(db_err("opening a savepoint"))?;
+                ctx.exec("SAVEPOINT batch", "opening a savepoint").await?;
             }
-            let mut ctx = TxCtx {
-                conn: &mut self.conn,
-                chain: &mut self.chain,
-                rng: &mut self.rng,
-                at,
-                now,
-                day: day.clone(),
-                wrote: false,
-                records: Vec::new(),
-            };
+            let start = ctx.begin_batch();
             let mut affected = Vec::with_capacity(batch.ops.len());
             let mut failure = None;
             for op in &batch.ops {
@@ -239,30 +232,38 @@ impl Writer {
                     }
                 }
             }
-            let (wrote, records) = (ctx.wrote, ctx.records);
+            if ctx.flush_failed {
+                return Ok(Pass::Replay);
+            }
             match failure {
                 None => {
                     if savepoints {
-                        release(&mut self.conn).await?;
+                        ctx.exec("RELEASE batch", "releasing a savepoint").await?;
                     }
-                    answers.push(Ok(BatchOutcome { records, affected }));
+                    outcomes.push(Ok((ctx.records.len() - start, affected)));
                 }
                 Some(e) if !e.is_batch_local() => return Err(e),
                 Some(e) => {
                     if savepoints {
-                        sqlx::query("ROLLBACK TO batch")
-                            .execute(&mut self.conn)
-                            .await
-                            .map_err(db_err("rolling back a savepoint"))?;
-                        release(&mut self.conn).await?;
-                    } else if wrote {
+                        ctx.exec("ROLLBACK TO batch", "rolling back a savepoint").await?;
+                        ctx.exec("RELEASE batch", "releasing a savepoint").await?;
+                        ctx.discard_records(start);
+                    } else if ctx.wrote {
                         return Ok(Pass::Replay);
                     }
-                    self.chain = Chain::resume(before.0, before.1);
-                    answers.push(Err(e));
+                    *ctx.chain = Chain::resume(before.0, before.1);
+                    outcomes.push(Err(e));
                 }
             }
         }
+        if let Err(e) = ctx.flush().await {
+            return if ctx.flush_failed { Ok(Pass::Replay) } else { Err(e) };
+        }
+        let mut records = std::mem::take(&mut ctx.records).into_iter();
+        let answers = outcomes
+            .into_iter()
+            .map(|o| o.map(|(n, affected)| BatchOutcome { records: records.by_ref().take(n).collect(), affected }))
+            .collect();
         Ok(Pass::Done(answers))
     }
 
@@ -279,10 +280,6 @@ async fn begin(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     // IMMEDIATE takes the write lock up front, so a lock conflict shows up here, before any
     // work, rather than on the first write.
     sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map_err(db_err("starting a transaction")).map(|_| ())
-}
-
-async fn release(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    sqlx::query("RELEASE batch").execute(conn).await.map_err(db_err("releasing a savepoint")).map(|_| ())
 }
 
 /// Checks the head row against the records it claims to follow, at open.

@@ -69,12 +69,7 @@ fn draft(r: &InjectionRow, status: &str) -> AuditDraft {
 }
 
 fn insert(r: &InjectionRow, outbox: Vec<OutboxRow>) -> WriteOp {
-    WriteOp::InsertInjection {
-        row: Box::new(r.clone()),
-        audit: vec![draft(r, "accepted")],
-        outbox,
-        idempotency: None,
-    }
+    WriteOp::InsertInjection { row: Box::new(r.clone()), audit: vec![draft(r, "accepted")], outbox, idempotency: None }
 }
 
 fn update(r: &InjectionRow, from: InjectionStatus, to: InjectionStatus, at: i64) -> InjectionUpdate {
@@ -86,7 +81,12 @@ async fn all_records(store: &Store) -> Vec<AuditRecord> {
     batches.into_iter().flatten().collect()
 }
 
-fn assert_valid(records: &[AuditRecord], anchor: Option<&Checkpoint>, cps: &[Checkpoint], keys: &[audit::AuditPublicKey]) {
+fn assert_valid(
+    records: &[AuditRecord],
+    anchor: Option<&Checkpoint>,
+    cps: &[Checkpoint],
+    keys: &[audit::AuditPublicKey],
+) {
     let v = audit::verify(records, anchor, cps, keys);
     assert!(v.is_valid(), "{v}");
 }
@@ -183,7 +183,8 @@ async fn optimistic_update_conflicts_and_failed_batches_undo_only_themselves() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     let ghost = Uuid::now_v7();
-    let mut missing = InjectionUpdate::new(ghost, InjectionStatus::Queued, InjectionStatus::Cancelled, T0, draft(&a, "x"));
+    let mut missing =
+        InjectionUpdate::new(ghost, InjectionStatus::Queued, InjectionStatus::Cancelled, T0, draft(&a, "x"));
     missing.audit[0].injection_id = ghost;
     assert!(matches!(
         store.write(WriteOp::UpdateInjection(Box::new(missing))).await,
@@ -206,9 +207,12 @@ async fn optimistic_update_conflicts_and_failed_batches_undo_only_themselves() {
     let ok_b = update(&b, InjectionStatus::Queued, InjectionStatus::Scheduled, T0);
     let now_a = store.get_injection(a.id).await.unwrap().unwrap().row.status;
     let c = row(Uuid::new_v4(), InjectionStatus::Armed, T0);
-    let doomed = WriteBatch::new()
-        .with(insert(&c, vec![]))
-        .with(WriteOp::UpdateInjection(Box::new(update(&a, InjectionStatus::Armed, InjectionStatus::Failed, T0))));
+    let doomed = WriteBatch::new().with(insert(&c, vec![])).with(WriteOp::UpdateInjection(Box::new(update(
+        &a,
+        InjectionStatus::Armed,
+        InjectionStatus::Failed,
+        T0,
+    ))));
     let (bad, good) = tokio::join!(store.write(doomed), store.write(WriteOp::UpdateInjection(Box::new(ok_b))));
     assert!(matches!(bad, Err(StoreError::Conflict { .. })), "{bad:?}");
     let good = good.expect("the other batch commits");
@@ -270,17 +274,36 @@ async fn outbox_lifecycle() {
     assert_eq!(store.outbox_due(T0 + 59_999, 10).await.unwrap().len(), 1, "m1 is not due before next_at");
     let m1_now = store.outbox_get(&m1.id).await.unwrap().unwrap();
     assert_eq!((m1_now.attempts, m1_now.last_status, m1_now.state), (1, Some(503), OutboxState::Pending));
-    store.write(WriteOp::OutboxDelivered { id: m1.id.clone(), attempts: 2, status: 204, at: T0 + 60_001 }).await.unwrap();
+    store
+        .write(WriteOp::OutboxDelivered { id: m1.id.clone(), attempts: 2, status: 204, at: T0 + 60_001 })
+        .await
+        .unwrap();
     let m1_now = store.outbox_get(&m1.id).await.unwrap().unwrap();
-    assert_eq!((m1_now.state, m1_now.delivered_at, m1_now.last_error), (OutboxState::Delivered, Some(T0 + 60_001), None));
+    assert_eq!(
+        (m1_now.state, m1_now.delivered_at, m1_now.last_error),
+        (OutboxState::Delivered, Some(T0 + 60_001), None)
+    );
     let again = store.write(WriteOp::OutboxDelivered { id: m1.id.clone(), attempts: 3, status: 200, at: T0 }).await;
     assert!(matches!(again, Err(StoreError::OutboxNotPending { ref state, .. }) if state == "delivered"), "{again:?}");
-    let unknown = store.write(WriteOp::OutboxRetry { id: "msg_x".into(), attempts: 1, next_at: 0, last_status: None, last_error: None }).await;
+    let unknown = store
+        .write(WriteOp::OutboxRetry {
+            id: "msg_x".into(),
+            attempts: 1,
+            next_at: 0,
+            last_status: None,
+            last_error: None,
+        })
+        .await;
     assert!(matches!(unknown, Err(StoreError::NotFound { .. })));
 
     // m2: dead-lettered, redriven, then its endpoint answers 410 and is disabled.
     store
-        .write(WriteOp::OutboxDead { id: m2.id.clone(), attempts: 8, last_status: Some(500), last_error: Some("boom".into()) })
+        .write(WriteOp::OutboxDead {
+            id: m2.id.clone(),
+            attempts: 8,
+            last_status: Some(500),
+            last_error: Some("boom".into()),
+        })
         .await
         .unwrap();
     let stats = store.outbox_stats(T0).await.unwrap();
@@ -291,7 +314,8 @@ async fn outbox_lifecycle() {
     assert_eq!(out.affected, [1]);
     let m2_now = store.outbox_get(&m2.id).await.unwrap().unwrap();
     assert_eq!((m2_now.state, m2_now.attempts, m2_now.next_attempt_at), (OutboxState::Pending, 0, T0 + 120_000));
-    let out = store.write_outcome(WriteOp::DisableEndpoint { url: gone.into(), reason: "410 Gone".into() }).await.unwrap();
+    let out =
+        store.write_outcome(WriteOp::DisableEndpoint { url: gone.into(), reason: "410 Gone".into() }).await.unwrap();
     assert_eq!(out.affected, [1], "its pending message is disabled");
     assert_eq!(store.outbox_get(&m2.id).await.unwrap().unwrap().state, OutboxState::Disabled);
     let eps = store.disabled_endpoints().await.unwrap();
@@ -525,11 +549,10 @@ async fn checkpoints_and_retention_purges() {
     }
     let days = store.audit_days().await.unwrap();
     let may = |d| NaiveDate::from_ymd_opt(2024, 5, d).unwrap();
-    assert_eq!(days.iter().map(|d| (d.day, d.first_seq, d.last_seq, d.count)).collect::<Vec<_>>(), [
-        (may(1), 1, 3, 3),
-        (may(2), 4, 6, 3),
-        (may(3), 7, 9, 3)
-    ]);
+    assert_eq!(
+        days.iter().map(|d| (d.day, d.first_seq, d.last_seq, d.count)).collect::<Vec<_>>(),
+        [(may(1), 1, 3, 3), (may(2), 4, 6, 3), (may(3), 7, 9, 3)]
+    );
 
     // Sign May 1 and 2 as a checkpointer would, from the stored last record of each day.
     let created = audit::AuditTime::from_unix_millis(T0 + 3 * DAY_MS).unwrap();
@@ -564,10 +587,10 @@ async fn checkpoints_and_retention_purges() {
     let left = store.audit_days().await.unwrap();
     assert_eq!((left.len(), left[0].day), (1, may(3)));
     let purges = store.purges().await.unwrap();
-    assert_eq!(purges.iter().map(|p| (p.day, p.first_seq, p.last_seq, p.record_count)).collect::<Vec<_>>(), [
-        (may(1), 1, 3, 3),
-        (may(2), 4, 6, 3)
-    ]);
+    assert_eq!(
+        purges.iter().map(|p| (p.day, p.first_seq, p.last_seq, p.record_count)).collect::<Vec<_>>(),
+        [(may(1), 1, 3, 3), (may(2), 4, 6, 3)]
+    );
     let again = store.write(WriteOp::PurgeDays { days: vec![may(2)], through_seq: 6 }).await;
     assert!(matches!(again, Err(StoreError::InvalidPurge(_))));
 
@@ -635,5 +658,93 @@ async fn audit_stream_pages_through_the_chain() {
         assert_eq!(seqs, (from.max(1)..=10).collect::<Vec<_>>());
     }
     assert_eq!(store.audit_batch(3, 2).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_batch_among_many_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock).await;
+    let first = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+    store.write(insert(&first, vec![])).await.unwrap();
+    // Fifty good inserts with webhooks and status changes, submitted together with a
+    // duplicate injection id and a batch repeating a webhook id: the multi-row statements of the
+    // shared transaction fail, the drain is replayed batch by batch, and only the two bad
+    // batches fail.
+    let rows: Vec<InjectionRow> = (0..50).map(|_| row(Uuid::new_v4(), InjectionStatus::Queued, T0)).collect();
+    let mut batches: Vec<WriteBatch> = rows
+        .iter()
+        .map(|r| {
+            let hook = OutboxRow::new(r.id, HOOK, "AGENT_ASSIST_PROMPT_INJECTED", &b"{}"[..], T0);
+            let admit = update(r, InjectionStatus::Queued, InjectionStatus::Scheduled, T0);
+            WriteBatch::new().with(insert(r, vec![hook])).with(WriteOp::UpdateInjection(Box::new(admit)))
+        })
+        .collect();
+    batches.insert(20, insert(&first, vec![]).into());
+    let second = row(Uuid::new_v4(), InjectionStatus::Queued, T0);
+    let once = OutboxRow::new(second.id, HOOK, "X", &b"{}"[..], T0);
+    let twice = once.clone();
+    batches.insert(35, WriteBatch::new().with(insert(&second, vec![once, twice])));
+    let results = futures::future::join_all(batches.into_iter().map(|b| store.write(b))).await;
+    for (i, res) in results.iter().enumerate() {
+        match i {
+            20 => assert!(matches!(res, Err(StoreError::Duplicate { what: "injection", .. })), "{res:?}"),
+            35 => assert!(matches!(res, Err(StoreError::Duplicate { what: "webhook message", .. })), "{res:?}"),
+            _ => assert_eq!(res.as_ref().map(Vec::len).ok(), Some(2), "batch {i}: {res:?}"),
+        }
+    }
+    assert!(store.get_injection(second.id).await.unwrap().is_none());
+    for r in &rows {
+        assert_eq!(store.get_injection(r.id).await.unwrap().unwrap().row.status, InjectionStatus::Scheduled);
+    }
+    assert_eq!(store.outbox_stats(T0).await.unwrap().pending, 50);
+    let records = all_records(&store).await;
+    assert_eq!(records.len(), 101);
+    assert_valid(&records, None, &[], &[]);
+    assert!(store.stats().replays >= 1, "the buffered statements failed and were replayed: {:?}", store.stats());
+    store.close().await.unwrap();
+}
+
+/// A rough throughput figure for the writer (not a benchmark: those live in benches/).
+/// Run with `cargo test --test it store::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints a throughput figure; run by hand"]
+async fn throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db"), StoreOptions::default()).await.unwrap();
+    let n = 20_000;
+    let conv = Uuid::new_v4();
+    let rows: Vec<InjectionRow> = (0..n).map(|_| row(conv, InjectionStatus::Scheduled, T0)).collect();
+    let started = std::time::Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(2048));
+    let mut tasks = Vec::with_capacity(n);
+    for r in rows {
+        let store = store.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let hook = OutboxRow::new(r.id, HOOK, "AGENT_ASSIST_PROMPT_INJECTED", &b"{}"[..], T0);
+        tasks.push(tokio::spawn(async move {
+            let res = store.write(insert(&r, vec![hook])).await;
+            drop(permit);
+            res
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let stats = store.stats();
+    println!("{n} injections (row + audit + outbox) in {secs:.2}s = {:.0}/s; {stats:?}", n as f64 / secs);
+    let started = std::time::Instant::now();
+    let records = all_records(&store).await;
+    let read = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    assert_valid(&records, None, &[], &[]);
+    println!(
+        "read {} records in {read:.2}s = {:.0}/s; verified in {:.3}s",
+        records.len(),
+        records.len() as f64 / read,
+        started.elapsed().as_secs_f64()
+    );
     store.close().await.unwrap();
 }
