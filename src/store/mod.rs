@@ -31,6 +31,9 @@
 //! Audit records are append-only, enforced by triggers: no update, and a delete only for a
 //! seq covered by a recorded purge. `audit_head` holds the chain's end, so the chain resumes
 //! correctly even when retention has purged every record.
+//!
+//! Migrations are checksummed by sqlx when applied: never edit one that has shipped; add
+//! `migrations/sqlite/NNNN_what.sql` instead (`build.rs` rebuilds when the folder changes).
 
 pub mod clock;
 pub mod model;

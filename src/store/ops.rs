@@ -181,7 +181,8 @@ fn chunk_len(n: usize) -> usize {
     if n >= CHUNK_ROWS {
         CHUNK_ROWS
     } else {
-        1 << (usize::BITS - 1 - n.leading_zeros())
+        // The largest power of two <= n (n >= 1 whenever called; 1 for 0 all the same).
+        1 << (usize::BITS - 1 - n.max(1).leading_zeros())
     }
 }
 
@@ -564,7 +565,12 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             }
             for u in chunk {
                 let outcome = match found.get(&u.id) {
-                    Some(&ids) => check_drafts(u.id, Some(ids), &u.audit),
+                    Some(&ids) => {
+                        let checked = check_drafts(u.id, Some(ids), &u.audit);
+                        // The row did change: the batch must be undone, not just skipped.
+                        self.wrote |= checked.is_err();
+                        checked
+                    }
                     None => Err(self.explain_missed_update(u).await?),
                 };
                 if let Err(e) = outcome {
