@@ -5,4 +5,5 @@ mod contract;
 mod emulator;
 mod genesys;
 mod inject;
+mod store;
 mod support;
