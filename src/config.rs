@@ -55,6 +55,60 @@ pub struct Config {
     pub catalogue: CatalogueConfig,
     pub inject: InjectConfig,
     pub emulator: EmulatorSettings,
+    pub store: StoreConfig,
+    pub server: ServerConfig,
+    pub webhook: WebhookConfig,
+    pub audit: AuditConfig,
+}
+
+/// Where the service keeps its durable state.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// `gc-assist serve`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub shed_queue_depth: usize,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub channels: Vec<String>,
+}
+
+/// One API key, stored hashed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    /// SHA-256 of the key, hex.
+    pub sha256: String,
+    /// `injector` or `admin`.
+    pub role: String,
+}
+
+/// Webhooks to the knowledge system.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub endpoints: Vec<String>,
+    #[serde(serialize_with = "redact")]
+    pub secret: SecretString,
+    pub attempt_timeout_ms: u64,
+    pub schedule_secs: Vec<u64>,
+    pub allow_private: Vec<String>,
+}
+
+/// The audit trail's key, anchor and retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub key_file: PathBuf,
+    pub anchor_file: PathBuf,
+    pub retention_days: u32,
 }
 
 /// How to reach and authenticate against Genesys Cloud.
@@ -219,6 +273,43 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.genesys.request_timeout_ms == 0 {
         return bad("genesys.request_timeout_ms must be above 0");
     }
+    if c.server.max_body_bytes == 0 {
+        return bad("server.max_body_bytes must be above 0");
+    }
+    for k in &c.server.api_keys {
+        if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::Invalid {
+                origin: "values".into(),
+                message: format!(
+                    "server.api_keys `{}`: sha256 must be 64 hex characters (the SHA-256 of the key)",
+                    k.id
+                ),
+            });
+        }
+        if !matches!(k.role.as_str(), "injector" | "admin") {
+            return Err(ConfigError::Invalid {
+                origin: "values".into(),
+                message: format!(
+                    "server.api_keys `{}`: role must be \"injector\" or \"admin\", got {:?}",
+                    k.id, k.role
+                ),
+            });
+        }
+    }
+    for ch in &c.server.channels {
+        if !matches!(ch.as_str(), "panel" | "participant-data") {
+            return Err(ConfigError::Invalid {
+                origin: "values".into(),
+                message: format!("server.channels: unknown channel {ch:?}; use \"panel\" and/or \"participant-data\""),
+            });
+        }
+    }
+    if c.webhook.attempt_timeout_ms == 0 {
+        return bad("webhook.attempt_timeout_ms must be above 0");
+    }
+    if c.audit.retention_days == 0 {
+        return bad("audit.retention_days must be at least 1");
+    }
     if c.emulator.requests_per_minute == 0 {
         return bad("emulator.requests_per_minute must be at least 1");
     }
@@ -336,6 +427,22 @@ mod tests {
         assert!(e.to_string().contains("whole number"), "{e}");
         let e = load_from(None, &env(&[("GC_ASSIST__GENESYS__NOPE", "1")])).unwrap_err();
         assert!(e.to_string().contains("no setting named `genesys.nope`"), "{e}");
+    }
+
+    #[test]
+    fn service_sections_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let key = "a".repeat(64);
+        std::fs::write(&p, format!("[[server.api_keys]]\nid = \"ks\"\nsha256 = \"{key}\"\nrole = \"injector\"\n"))
+            .unwrap();
+        let l = load_from(Some(&p), &env(&[("GC_ASSIST__WEBHOOK__SECRET", "whsec_abc")])).unwrap();
+        assert_eq!(l.config.server.api_keys[0].id, "ks");
+        assert!(!l.config.to_redacted_toml().contains("whsec_abc"));
+        std::fs::write(&p, "[[server.api_keys]]\nid = \"ks\"\nsha256 = \"nothex\"\nrole = \"injector\"\n").unwrap();
+        assert!(load_from(Some(&p), &env(&[])).unwrap_err().to_string().contains("64 hex"));
+        std::fs::write(&p, "[server]\nchannels = [\"carrier-pigeon\"]\n").unwrap();
+        assert!(load_from(Some(&p), &env(&[])).unwrap_err().to_string().contains("unknown channel"));
     }
 
     #[test]

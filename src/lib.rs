@@ -14,6 +14,7 @@
 //! - [`injection`]: turning a valid payload into a delivered prompt.
 //! - [`audit`]: audit records of every injection state change.
 //! - [`webhook`]: signed webhooks to the knowledge system.
+//! - [`server`]: the HTTP service (`gc-assist serve`).
 //! - [`store`]: durable storage (SQLite): group-commit writer, audit chain head, outbox; all SQL.
 //! - [`cli`]: one file per command of the `gc-assist` binary.
 
@@ -24,5 +25,6 @@ pub mod contract;
 pub mod emulator;
 pub mod genesys;
 pub mod injection;
+pub mod server;
 pub mod store;
 pub mod webhook;

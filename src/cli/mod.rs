@@ -8,13 +8,17 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 
+pub mod audit;
 pub mod config_cmd;
 pub mod demo;
 pub mod emulator;
 pub mod inject;
+pub mod keys;
+pub mod outbox;
 pub mod prompts;
 pub mod regions;
 pub mod schema;
+pub mod serve;
 pub mod validate;
 
 /// Real-time agent-assist prompts for Genesys Cloud.
@@ -53,13 +57,24 @@ pub enum Command {
     Inject(inject::Args),
     /// Run the whole product end to end against the built-in emulator.
     Demo(demo::Args),
+    /// Run the prompt-injection service (REST API, delivery, audit, webhooks).
+    Serve(serve::Args),
+    /// Verify, export and purge the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Inspect and redrive the webhook outbox.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
+    /// Create API keys and their hashes for the configuration.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 impl Command {
     /// Servers log their progress; one-shot commands report through their result, so
     /// their logs stay quiet unless asked for (-v).
     fn is_long_running(&self) -> bool {
-        matches!(self, Command::Emulator(_))
+        matches!(self, Command::Emulator(_) | Command::Serve(_))
     }
 }
 
@@ -122,6 +137,10 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
         Command::Emulator(a) => emulator::run(a, &ctx).await,
         Command::Inject(a) => inject::run(a, &ctx).await,
         Command::Demo(a) => demo::run(a, &ctx).await,
+        Command::Serve(a) => serve::run(a, &ctx).await,
+        Command::Audit(c) => audit::run(c, &ctx).await,
+        Command::Outbox(c) => outbox::run(c, &ctx).await,
+        Command::Keys(c) => keys::run(c, &ctx).await,
     }
 }
 

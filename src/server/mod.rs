@@ -1,0 +1,1 @@
+//! The HTTP service: axum router, handlers, API errors, metrics, shutdown (being built).
