@@ -9,6 +9,7 @@
 //! - [`worker`]: the delivery worker over the store's outbox.
 //! - [`receiver`]: a small real receiver that verifies signatures, for tests and the demo.
 
+pub mod receiver;
 pub mod retry;
 pub mod signing;
 pub mod ssrf;
@@ -18,3 +19,4 @@ pub use retry::{parse_retry_after, Jitter, RetryError, RetrySchedule};
 pub use signing::{sign, sign_all, verify, SecretError, SignatureHeaders, VerifyError, WebhookSecret};
 pub use ssrf::{check_destination, classify, Cidr, Reserved, SsrfError};
 pub use worker::{Notifier, Worker, WorkerError, WorkerHandle, WorkerSettings, WorkerStats};
+pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverError, Rejected, Reply};
