@@ -15,8 +15,8 @@ pub mod signing;
 pub mod ssrf;
 pub mod worker;
 
+pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverError, Rejected, Reply};
 pub use retry::{parse_retry_after, Jitter, RetryError, RetrySchedule};
 pub use signing::{sign, sign_all, verify, SecretError, SignatureHeaders, VerifyError, WebhookSecret};
 pub use ssrf::{check_destination, classify, Cidr, Reserved, SsrfError};
 pub use worker::{Notifier, Worker, WorkerError, WorkerHandle, WorkerSettings, WorkerStats};
-pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverError, Rejected, Reply};

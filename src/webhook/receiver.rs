@@ -76,7 +76,12 @@ pub struct ReceiverConfig {
 impl ReceiverConfig {
     /// Answers 200 to everything, on a free local port.
     pub fn new(secrets: Vec<WebhookSecret>) -> ReceiverConfig {
-        ReceiverConfig { secrets, script: Vec::new(), then: Reply::status(200), bind: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        ReceiverConfig {
+            secrets,
+            script: Vec::new(),
+            then: Reply::status(200),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 
     pub fn script(mut self, script: Vec<Reply>) -> ReceiverConfig {
@@ -229,13 +234,23 @@ impl Drop for Receiver {
     }
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let id = header("webhook-id").trim().to_owned();
     let now = chrono::Utc::now().timestamp();
     let checked = if method == Method::POST {
-        let sig = SignatureHeaders { id: &id, timestamp: header("webhook-timestamp"), signature: header("webhook-signature") };
+        let sig = SignatureHeaders {
+            id: &id,
+            timestamp: header("webhook-timestamp"),
+            signature: header("webhook-signature"),
+        };
         verify(&shared.secrets, &sig, &body, now, DEFAULT_TOLERANCE).map_err(|e| e.to_string())
     } else {
         Err(format!("{method} is not a webhook delivery; use POST"))

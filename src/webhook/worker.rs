@@ -149,7 +149,9 @@ pub enum Attempt {
 pub enum Verdict {
     Delivered,
     /// Pending again, due at this epoch ms.
-    Retry { next_at: i64 },
+    Retry {
+        next_at: i64,
+    },
     Dead,
     /// 410 Gone: the endpoint is disabled with its pending messages.
     Disabled,
@@ -561,8 +563,8 @@ impl Shared {
             .await;
         match sent {
             Ok(resp) => {
-                let now = SystemTime::UNIX_EPOCH
-                    + Duration::from_millis(u64::try_from(self.clock.now_ms()).unwrap_or(0));
+                let now =
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(self.clock.now_ms()).unwrap_or(0));
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -675,7 +677,10 @@ mod tests {
                     assert_eq!(*a, attempts);
                     assert!(last_error.is_some());
                 }
-                (Verdict::Disabled, [WriteOp::OutboxRetry { last_status, .. }, WriteOp::DisableEndpoint { url, reason }]) => {
+                (
+                    Verdict::Disabled,
+                    [WriteOp::OutboxRetry { last_status, .. }, WriteOp::DisableEndpoint { url, reason }],
+                ) => {
                     assert_eq!((*last_status, url.as_str()), (Some(410), URL));
                     assert!(!reason.contains("token"), "the reason names the origin only: {reason}");
                 }
