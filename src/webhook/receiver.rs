@@ -90,7 +90,8 @@ impl ReceiverConfig {
     }
 }
 
-/// One message as received, deduplicated by `webhook-id`.
+/// One message as received, deduplicated by `webhook-id`. Attempts are recorded on arrival,
+/// before any scripted delay, so an attempt the sender gave up on still counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub id: String,
@@ -98,6 +99,9 @@ pub struct Delivery {
     pub body: Bytes,
     /// `eventType` of the JSON body, when it has one.
     pub event_type: Option<String>,
+    /// `content-type` and `user-agent` of the first attempt.
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
     /// Verified requests carrying this id.
     pub attempts: u32,
     /// When each attempt arrived.
@@ -278,6 +282,8 @@ async fn handle(
                     path,
                     body: body.clone(),
                     event_type,
+                    content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
+                    user_agent: headers.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned),
                     attempts: 0,
                     arrivals: Vec::new(),
                     answered: Vec::new(),

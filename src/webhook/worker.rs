@@ -487,11 +487,13 @@ impl WorkerHandle {
         self.counters.snapshot()
     }
 
-    /// Waits until the worker has stopped (after its shutdown future completed).
-    pub async fn join(self) {
+    /// Waits until the worker has stopped (after its shutdown future completed); answers
+    /// the final counters.
+    pub async fn join(self) -> WorkerStats {
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "the webhook worker ended abnormally");
         }
+        self.counters.snapshot()
     }
 }
 

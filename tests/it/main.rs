@@ -7,3 +7,4 @@ mod genesys;
 mod inject;
 mod store;
 mod support;
+mod webhook;
