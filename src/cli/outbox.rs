@@ -179,6 +179,13 @@ async fn redrive(store: &Store, a: RedriveArgs) -> anyhow::Result<Outcome> {
                 println!("re-enabled endpoint {url}");
             }
         }
+        let asked = a.ids.len() as u64;
+        if asked > redriven {
+            eprintln!(
+                "note: {} of the {asked} messages were not dead or disabled and were left as they are",
+                asked - redriven
+            );
+        }
         println!("redriven {redriven} webhook message(s); they are sent at the worker's next poll");
     }
     Ok(Outcome::Ok)

@@ -516,7 +516,7 @@ impl Shared {
     async fn send(&self, row: &OutboxRow) -> Attempt {
         let url = match Url::parse(&row.endpoint_url) {
             Ok(u) => u,
-            Err(e) => return Attempt::Refused(format!("the endpoint URL is not valid ({e}); fix it and redrive")),
+            Err(e) => return Attempt::Refused(format!("the endpoint URL is not valid: {e}")),
         };
         if !matches!(url.scheme(), "http" | "https") {
             return Attempt::Refused(format!("the endpoint URL scheme {:?} is not http or https", url.scheme()));
@@ -710,6 +710,27 @@ mod tests {
         }
         assert_eq!(origin("https://user:pw@kb.example.com:8443/h?q=1"), "https://kb.example.com:8443");
         assert_eq!(origin("nope"), "(invalid URL)");
+    }
+
+    #[test]
+    fn settings_from_config() {
+        let mut c = crate::config::Config::defaults().webhook;
+        assert!(matches!(WorkerSettings::from_config(&c), Err(WorkerError::NoSecret)), "the default has no secret");
+        let a = WebhookSecret::generate(&mut StdRng::seed_from_u64(4)).to_whsec().expose_secret().to_owned();
+        c.secret = secrecy::SecretString::from(a.clone());
+        c.schedule_secs = vec![1, 2];
+        c.allow_private = vec!["127.0.0.1/32".into()];
+        c.attempt_timeout_ms = 250;
+        let s = WorkerSettings::from_config(&c).unwrap();
+        assert_eq!((s.secrets.len(), s.schedule.max_attempts(), s.allow.len()), (1, 3, 1));
+        assert_eq!(s.attempt_timeout, Duration::from_millis(250));
+        assert!(!format!("{s:?}").contains(&a[6..]), "Debug shows no secret");
+        c.allow_private = vec!["10.0.0.1/8".into()];
+        let e = WorkerSettings::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("allow_private") && e.contains("10.0.0.0/8"), "{e}");
+        c.allow_private.clear();
+        c.schedule_secs = vec![1; 40];
+        assert!(matches!(WorkerSettings::from_config(&c), Err(WorkerError::Schedule(_))));
     }
 
     #[test]

@@ -158,6 +158,15 @@ async fn delivered_signed_with_every_rotated_secret() {
     let stats = w.stop().await;
     assert_eq!((stats.delivered, stats.retried, stats.dead, stats.in_flight), (1, 0, 0, 0));
 
+    // By host name: resolved, checked (both loopback forms allowed here) and pinned.
+    let mut s = settings(vec![secret(2)], 0);
+    s.allow = Cidr::parse_list(&["127.0.0.1/32", "::1/128"]).unwrap();
+    let w = start(&store, s);
+    let msg = enqueue(&store, &[&rx.url().replace("127.0.0.1", "localhost")]).await.remove(0);
+    wait_state(&store, &msg.id, OutboxState::Delivered).await;
+    assert_eq!(rx.deliveries().len(), 2);
+    w.stop().await;
+
     // A receiver with a different secret refuses, and the worker keeps retrying.
     let stranger = Receiver::spawn(ReceiverConfig::new(vec![secret(9)])).await.unwrap();
     let w = start(&store, settings(vec![secret(1)], 0));
