@@ -426,3 +426,29 @@ async fn dead_letters_and_disabled_endpoints_are_redriven_from_the_cli() {
     w.stop().await;
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_sent_concurrently_and_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    // Slow answers and a fast poll: a message in flight must not be claimed again.
+    let mut cfg = ReceiverConfig::new(vec![secret(1)]);
+    cfg.then = Reply::status(200).delayed(Duration::from_millis(100));
+    let rx = Receiver::spawn(cfg).await.unwrap();
+    let mut s = settings(vec![secret(1)], 3);
+    s.poll_interval = Duration::from_millis(10);
+    let w = start(&store, s);
+    let url = rx.url();
+    let msgs = enqueue(&store, &vec![url.as_str(); 40]).await;
+    let started = std::time::Instant::now();
+    w.handle.notify();
+    assert!(rx.wait_for(WAIT, |d| d.len() == 40).await);
+    for m in &msgs {
+        wait_state(&store, &m.id, OutboxState::Delivered).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "sent concurrently: {:?}", started.elapsed());
+    assert!(rx.deliveries().iter().all(|d| d.attempts == 1), "no message was sent twice");
+    let stats = w.stop().await;
+    assert_eq!((stats.delivered, stats.retried, stats.in_flight), (40, 0, 0));
+    store.close().await.unwrap();
+}
