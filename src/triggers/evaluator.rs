@@ -88,7 +88,7 @@ pub enum Outcome {
 }
 
 /// What the evaluator remembers about one live conversation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConversationState {
     agent_connected_at_ms: Option<i64>,
     sentiment: Option<f64>,
@@ -102,9 +102,23 @@ pub struct ConversationState {
     ended: bool,
 }
 
+impl Default for ConversationState {
+    fn default() -> ConversationState {
+        ConversationState::new()
+    }
+}
+
 impl ConversationState {
     pub fn new() -> ConversationState {
-        ConversationState { now_ms: i64::MIN, ..ConversationState::default() }
+        ConversationState {
+            agent_connected_at_ms: None,
+            sentiment: None,
+            last_customer_confidence: None,
+            heard: Vec::new(),
+            armed: Vec::new(),
+            now_ms: i64::MIN,
+            ended: false,
+        }
     }
 
     /// Arms an entry. Arming is not an event, but an entry whose conditions already hold
@@ -264,16 +278,16 @@ impl Evaluator {
                 state.agent_connected_at_ms.get_or_insert(*at_ms);
             }
             Event::Sentiment { score } => state.sentiment = Some(*score),
-            Event::Utterance(u) => {
-                if !u.is_final || u.channel != Channel::Customer {
-                    return Vec::new();
-                }
+            // Agent and other speech and partials change nothing, but still count as an event:
+            // a duration reached since the last one fires here.
+            Event::Utterance(u) if u.is_final && u.channel == Channel::Customer => {
                 state.last_customer_confidence = Some(u.confidence);
                 let text = self.normalizer.normalize(&u.text);
                 for phrase in self.index.matches(text) {
                     state.hear(phrase, u.confidence);
                 }
             }
+            Event::Utterance(_) => {}
         }
         state.fire_ready()
     }
@@ -431,6 +445,18 @@ mod tests {
                 vec![TriggerCondition::Duration { seconds: 2 }],
                 vec![connected.clone(), customer("hi", 0.9), customer("hello", 0.9)],
                 Some(2),
+            ),
+            (
+                "duration is evaluated on agent speech too",
+                vec![TriggerCondition::Duration { seconds: 2 }],
+                vec![connected.clone(), agent("one"), agent("two")],
+                Some(2),
+            ),
+            (
+                "duration is evaluated on partials too",
+                vec![TriggerCondition::Duration { seconds: 1 }],
+                vec![connected.clone(), partial("one")],
+                Some(1),
             ),
             (
                 "duration zero holds on connect",

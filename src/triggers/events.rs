@@ -61,13 +61,22 @@ pub enum Topic {
 impl Topic {
     /// Classifies a `topicName`.
     pub fn of(topic_name: &str) -> Topic {
-        let parts: Vec<&str> = topic_name.split('.').collect();
-        match parts.as_slice() {
-            ["v2", "routing", "queues", _, "conversations"] => Topic::ConversationSnapshot,
-            ["v2", "conversations", _, "transcription"] => Topic::Transcription,
-            ["v2", "speechandtextanalytics", "conversation", _, "sentiment"] => Topic::Sentiment,
-            _ => Topic::Other,
+        classify(topic_name).0
+    }
+}
+
+/// The topic and, for the per-conversation topics, the conversation id it names.
+/// Allocation-free: it runs on every websocket message.
+fn classify(topic_name: &str) -> (Topic, Option<&str>) {
+    let mut parts = topic_name.split('.');
+    let mut next = || parts.next().unwrap_or("");
+    match [next(), next(), next(), next(), next(), next()] {
+        ["v2", "routing", "queues", q, "conversations", ""] if !q.is_empty() => (Topic::ConversationSnapshot, None),
+        ["v2", "conversations", c, "transcription", "", ""] if !c.is_empty() => (Topic::Transcription, Some(c)),
+        ["v2", "speechandtextanalytics", "conversation", c, "sentiment", ""] if !c.is_empty() => {
+            (Topic::Sentiment, Some(c))
         }
+        _ => (Topic::Other, None),
     }
 }
 
@@ -100,13 +109,7 @@ pub fn parse_notification(json: &str) -> Result<Notification, TriggerError> {
 /// `recordedAt`) are ignored.
 pub fn parse_envelope(envelope: &Value) -> Result<Notification, TriggerError> {
     let topic_name = envelope.get("topicName").and_then(Value::as_str).unwrap_or("");
-    let topic = Topic::of(topic_name);
-    let topic_conversation = match topic {
-        Topic::Transcription | Topic::Sentiment => {
-            topic_name.split('.').nth(if topic == Topic::Sentiment { 3 } else { 2 })
-        }
-        _ => None,
-    };
+    let (topic, topic_conversation) = classify(topic_name);
     let null = Value::Null;
     let body = envelope.get("eventBody").unwrap_or(&null);
     let (conversation_id, events) = match topic {
@@ -235,7 +238,7 @@ struct TranscriptionBody {
 #[serde(default, rename_all = "camelCase")]
 struct Transcript {
     utterance_id: Option<String>,
-    is_final: bool,
+    is_final: Option<bool>,
     channel: Option<String>,
     #[serde(deserialize_with = "null_default")]
     alternatives: Vec<Alternative>,
@@ -264,7 +267,7 @@ fn transcription_events(body: TranscriptionBody) -> (Option<String>, Vec<Event>)
                 _ => Channel::Other,
             };
             Some(Event::Utterance(Utterance {
-                is_final: t.is_final,
+                is_final: t.is_final.unwrap_or(false),
                 channel,
                 text: best.transcript.unwrap_or_default(),
                 confidence: best.confidence.filter(|c| c.is_finite()),
@@ -310,6 +313,9 @@ mod tests {
         assert_eq!(Topic::of("v2.speechandtextanalytics.conversation.c1.sentiment"), Topic::Sentiment);
         assert_eq!(Topic::of("channel.metadata"), Topic::Other);
         assert_eq!(Topic::of("v2.conversations.c1.suggestions.x"), Topic::Other);
+        assert_eq!(Topic::of("v2.conversations.c1.transcription.extra"), Topic::Other);
+        assert_eq!(Topic::of("v2.conversations..transcription"), Topic::Other);
+        assert_eq!(Topic::of(""), Topic::Other);
     }
 
     #[test]
