@@ -304,6 +304,7 @@ impl Evaluator {
 
 #[cfg(test)]
 mod tests {
+    use super::super::calls_dir;
     use super::super::events::{parse_notification, Utterance};
     use super::*;
 
@@ -596,16 +597,6 @@ mod tests {
         }
         let bytes = state.approx_bytes();
         assert!(bytes <= 4096, "{bytes} bytes");
-    }
-
-    /// Recorded calls, found beside the repository or in the shared folder.
-    fn calls_dir() -> std::path::PathBuf {
-        let relative = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/calls");
-        if relative.is_dir() {
-            relative
-        } else {
-            std::path::PathBuf::from("/work/shared/data/calls")
-        }
     }
 
     fn ms(iso: &str) -> i64 {

@@ -462,4 +462,54 @@ mod tests {
         assert_eq!(other.topic, Topic::Other);
         assert!(other.events.is_empty());
     }
+
+    /// Every recorded call parses, and the events agree with the call index: conversation id,
+    /// agent connection time, utterance counts, and exactly one end, on the last snapshot.
+    #[test]
+    fn every_recorded_call_parses_and_agrees_with_the_index() {
+        let dir = super::super::calls_dir();
+        let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("calls.json")).expect("calls.json"))
+            .expect("calls.json is JSON");
+        let calls = index["calls"].as_array().expect("calls list");
+        assert!(!calls.is_empty());
+        for call in calls {
+            let file = call["file"].as_str().expect("file");
+            let text = std::fs::read_to_string(dir.join(file)).expect("read a recorded call");
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let (mut connected, mut ends, mut customer, mut agent, mut partials) = (None, Vec::new(), 0, 0, 0);
+            for (i, line) in lines.iter().enumerate() {
+                let n = parse_notification(line).unwrap_or_else(|e| panic!("{file} line {}: {e}", i + 1));
+                assert_ne!(n.topic, Topic::Other, "{file} line {}", i + 1);
+                assert_eq!(n.conversation_id.as_deref(), call["conversationId"].as_str(), "{file} line {}", i + 1);
+                for e in n.events {
+                    match e {
+                        Event::AgentConnected { at_ms } => {
+                            connected.get_or_insert(at_ms);
+                        }
+                        Event::ConversationEnded => ends.push(i),
+                        Event::Utterance(u) if !u.is_final => partials += 1,
+                        Event::Utterance(u) => match u.channel {
+                            Channel::Customer => customer += 1,
+                            Channel::Agent => agent += 1,
+                            Channel::Other => panic!("{file}: utterance on an unknown channel"),
+                        },
+                        Event::Sentiment { score } => assert!((-1.0..=1.0).contains(&score), "{file}: {score}"),
+                    }
+                }
+            }
+            let want_connected =
+                chrono::DateTime::parse_from_rfc3339(call["agentConnectedTime"].as_str().expect("time"))
+                    .expect("agentConnectedTime")
+                    .timestamp_millis();
+            assert_eq!(connected, Some(want_connected), "{file}");
+            // The end is the last snapshot (the transcription feed may close just after it).
+            let last_snapshot = lines.iter().rposition(|l| l.contains(".conversations\""));
+            assert_eq!(ends.last().copied(), last_snapshot, "{file}");
+            assert_eq!(ends.len(), 1, "{file}");
+            let counts = &call["utterances"];
+            assert_eq!(customer, counts["customer"].as_u64().expect("count"), "{file}");
+            assert_eq!(agent, counts["agent"].as_u64().expect("count"), "{file}");
+            assert_eq!(partials, counts["partials"].as_u64().expect("count"), "{file}");
+        }
+    }
 }

@@ -36,3 +36,14 @@ pub enum TriggerError {
     #[error("{field} is not an RFC 3339 timestamp: {value:?}")]
     BadTime { field: String, value: String },
 }
+
+/// The recorded calls (`shared/data/calls`), found beside the repository or in the shared folder.
+#[cfg(test)]
+pub(crate) fn calls_dir() -> std::path::PathBuf {
+    let relative = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/calls");
+    if relative.is_dir() {
+        relative
+    } else {
+        std::path::PathBuf::from("/work/shared/data/calls")
+    }
+}
