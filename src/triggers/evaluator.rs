@@ -12,7 +12,7 @@
 //! Agent and other-channel speech and partial utterances never touch keyword or confidence
 //! state. A conversation end expires every unfired entry and later events are ignored.
 //!
-//! State is kept small so hundreds of thousands of live conversations fit in memory: a
+//! State is kept small (goal: ≤ 4 KiB per live conversation with its armed entries): a
 //! handful of scalars, the phrases actually heard (sorted, with their best confidence), and
 //! the armed entries, whose compiled conditions are shared (`Arc`) between conversations
 //! armed by the same rule. [`ConversationState::approx_bytes`] reports the footprint.
