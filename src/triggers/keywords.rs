@@ -183,46 +183,6 @@ mod tests {
         assert_eq!(index.matches("refund").count(), 0);
     }
 
-    /// Throughput with 1,000 phrases on 10-word utterances, normalization included. The
-    /// floor asserted here is far below the target (≥ 2,000,000 utterances/s/core in an
-    /// optimized build) so that an unoptimized test build on a shared machine still passes;
-    /// the measured rate is printed for `--nocapture`.
-    #[test]
-    fn throughput_with_a_thousand_phrases() {
-        let words = [
-            "account", "balance", "charge", "delivery", "error", "fee", "green", "help", "invoice", "jacket", "kettle",
-            "late", "monthly", "number", "order", "payment", "quick", "router", "service", "ticket",
-        ];
-        let mut phrases = Vec::new();
-        for (i, a) in words.iter().enumerate() {
-            for (j, b) in words.iter().enumerate() {
-                phrases.push(format!("{a} {b}"));
-                phrases.push(format!("{a}{j} {b}{i}"));
-            }
-        }
-        for i in 0..200 {
-            phrases.push(format!("phrase{i}"));
-        }
-        phrases.truncate(1000);
-        assert_eq!(phrases.len(), 1000);
-        let index = KeywordIndex::from_phrases(phrases.iter().map(String::as_str)).expect("index");
-        let utterances = [
-            "i would like to check the balance on my monthly invoice please",
-            "the router keeps showing an error since the last delivery",
-            "Can you tell me why there is a late fee on this order?",
-            "my payment went through but the service is still off",
-        ];
-        let mut norm = Normalizer::new();
-        let n = 200_000;
-        let start = std::time::Instant::now();
-        let mut hits = 0usize;
-        for i in 0..n {
-            let text = norm.normalize(utterances[i % utterances.len()]);
-            hits += index.matches(text).count();
-        }
-        let per_sec = n as f64 / start.elapsed().as_secs_f64();
-        println!("keyword matching: {per_sec:.0} utterances/s, {hits} hits");
-        assert!(hits > 0);
-        assert!(per_sec > 20_000.0, "only {per_sec:.0} utterances/s");
-    }
+    // Throughput is measured by `cargo bench --bench perf` (group `triggers`), beside a
+    // per-rule substring scan, not by a timed test.
 }
