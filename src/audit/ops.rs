@@ -94,7 +94,11 @@ pub fn load_key(path: &Path) -> Result<AuditKey, AuditOpsError> {
 #[cfg(unix)]
 fn check_private(path: &Path, file: &File) -> Result<(), AuditOpsError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = file.metadata().map_err(|source| AuditOpsError::KeyRead { path: path.to_path_buf(), source })?.permissions().mode();
+    let mode = file
+        .metadata()
+        .map_err(|source| AuditOpsError::KeyRead { path: path.to_path_buf(), source })?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(AuditOpsError::KeyPermissions { path: path.to_path_buf(), mode: mode & 0o777 });
     }
@@ -431,7 +435,17 @@ pub async fn verify(
         anchor_lines: anchored.as_ref().map(Vec::len),
         not_in_anchor,
     };
-    report.verdict = stream_verdict(store, &all, keys).await?;
+    // After a purge, verification starts from the checkpoint that ends the last purged
+    // day; with every record purged it is the only thing the chain's end is checked against.
+    let start = report.purges.iter().map(|p| p.last_seq).max().and_then(|s| all.iter().find(|c| c.last_seq == s));
+    report.verdict = stream_verdict(store, start.cloned().as_ref(), &all, keys).await?;
+    if let Verdict::Valid { first_seq, purged, .. } = report.verdict {
+        // Records before the first present one may only be gone by a recorded purge: whole
+        // days, contiguous from seq 1. Deleting old, checkpointed days by hand is a gap.
+        if purged > 0 && !purges_cover(&report.purges, purged) {
+            report.verdict = Verdict::Gap { after_seq: 0, next_seq: first_seq };
+        }
+    }
     if report.verdict.is_valid() {
         // The chain agrees with every checkpoint; now the database must still hold every
         // checkpoint the anchor file has, unchanged (else the database was rewritten).
@@ -448,14 +462,29 @@ pub async fn verify(
     Ok(report)
 }
 
+/// Whether the recorded purges account for exactly seq `1..=purged`.
+fn purges_cover(purges: &[PurgeRecord], purged: u64) -> bool {
+    let mut spans: Vec<(u64, u64)> = purges.iter().map(|p| (p.first_seq, p.last_seq)).collect();
+    spans.sort_unstable();
+    let mut next = 1u64;
+    for (first, last) in spans {
+        if first > next {
+            return false;
+        }
+        next = next.max(last.saturating_add(1));
+    }
+    next > purged
+}
+
 /// Runs every stored record through a [`Verifier`] holding `checkpoints` (whose
 /// signatures it checks up front against `keys`). Only a read failure is an error.
 async fn stream_verdict(
     store: &Store,
+    start: Option<&Checkpoint>,
     checkpoints: &[Checkpoint],
     keys: &[AuditPublicKey],
 ) -> Result<Verdict, AuditOpsError> {
-    let mut verifier = match Verifier::new(None, checkpoints, keys) {
+    let mut verifier = match Verifier::new(start, checkpoints, keys) {
         Ok(v) => v,
         Err(verdict) => return Ok(verdict),
     };

@@ -87,7 +87,12 @@ async fn open_existing(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open(path, StoreOptions::default()).await?)
 }
 
-async fn verify(config: &Config, anchor: Option<PathBuf>, public_keys: &[String], json: bool) -> anyhow::Result<Outcome> {
+async fn verify(
+    config: &Config,
+    anchor: Option<PathBuf>,
+    public_keys: &[String],
+    json: bool,
+) -> anyhow::Result<Outcome> {
     let mut keys: Vec<AuditPublicKey> = Vec::new();
     for value in public_keys {
         keys.extend(ops::parse_public_keys(value)?);
