@@ -181,7 +181,7 @@ async fn export(config: &Config, from_seq: u64, output: Option<&Path>) -> anyhow
             let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
             let n = ops::export_jsonl(&store, from_seq, &file).await;
             let synced = file.sync_all().with_context(|| format!("cannot write {}", path.display()));
-            n.and_then(|n| Ok(synced.map(|_| n)))
+            n.map(|n| synced.map(|_| n))
         }
         None => ops::export_jsonl(&store, from_seq, std::io::stdout().lock()).await.map(Ok),
     };
