@@ -17,7 +17,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::{NaiveDate, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 use futures::TryStreamExt;
 use thiserror::Error;
 
@@ -26,6 +28,10 @@ use super::checkpoint::{parse_anchor_lines, purge_plan, AuditKey, AuditPublicKey
 use super::record::{AuditTime, Digest};
 use super::{AuditError, Verdict};
 use crate::store::{PurgeRecord, Store, StoreError, WriteOp};
+
+/// Seconds after UTC midnight at which the daily checkpointer runs: late enough that a
+/// write stamped just before midnight has committed.
+pub const CHECKPOINT_DELAY_SECS: i64 = 5;
 
 /// Records read per round trip when streaming the chain (verify, export, day checks).
 const STREAM_BATCH: u32 = 2_000;
@@ -288,12 +294,22 @@ pub async fn checkpoint_completed_days_at(
     let (pending, broken) = pending_checkpoints(store, key, today, created_at).await?;
     let mut run = CheckpointRun { broken, ..CheckpointRun::default() };
     for cp in pending {
-        store.write(WriteOp::PutCheckpoint(cp.clone())).await?;
+        // The anchor file seals this day but the database lost its checkpoint: never sign
+        // the day anew over whatever the database holds now. `audit verify` reports it.
+        if anchored.iter().any(|a| a.day == cp.day) {
+            run.conflicts.push(cp.day);
+            continue;
+        }
+        match store.write(WriteOp::PutCheckpoint(cp.clone())).await {
+            Ok(_) => {}
+            // Another process (the service or `audit checkpoint`) stored its own checkpoint
+            // for this day first; the repair below anchors that one.
+            Err(StoreError::CheckpointConflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
         // Appended one by one, right after each is stored, so a crash leaves at most one
         // stored checkpoint for the repair below to catch up on.
-        if !anchored.iter().any(|a| a.day == cp.day) {
-            append_anchor_lines(anchor_path, std::slice::from_ref(&cp))?;
-        }
+        append_anchor_lines(anchor_path, std::slice::from_ref(&cp))?;
         run.signed.push(cp);
     }
     for cp in store.checkpoints().await? {
@@ -308,6 +324,14 @@ pub async fn checkpoint_completed_days_at(
     }
     append_anchor_lines(anchor_path, &run.repaired)?;
     Ok(run)
+}
+
+/// How long the service should wait before its next checkpointer run: until a few seconds
+/// after the coming UTC midnight, when the day that just ended is complete.
+pub fn until_next_checkpoint(now: DateTime<Utc>) -> Duration {
+    let next_day = now.date_naive().succ_opt().unwrap_or(NaiveDate::MAX);
+    let at = next_day.and_time(NaiveTime::MIN).and_utc() + TimeDelta::seconds(CHECKPOINT_DELAY_SECS);
+    (at - now).to_std().unwrap_or(Duration::ZERO)
 }
 
 /// The checkpoints the store is missing for completed days, signed but not stored, and the
@@ -339,9 +363,6 @@ async fn check_day(
     stored: &[Checkpoint],
 ) -> Result<Result<Digest, BrokenDay>, AuditOpsError> {
     let broken = |seq, why: &str| Ok(Err(BrokenDay { day: d.day, seq, why: why.to_owned() }));
-    if d.count != d.last_seq.saturating_sub(d.first_seq).saturating_add(1) {
-        return broken(d.first_seq, "records are missing within the day");
-    }
     let mut prev = if d.first_seq <= 1 {
         Some(Digest::ZERO)
     } else {
@@ -533,6 +554,9 @@ pub struct PurgeReport {
     /// Checkpoints signed first so completed days can be purged (dry run: signed in memory
     /// only, nothing stored).
     pub signed: Vec<Checkpoint>,
+    /// A completed day left unsigned because its records are not intact (the plan holds
+    /// back there).
+    pub broken: Option<BrokenDay>,
     pub dry_run: bool,
 }
 
@@ -547,18 +571,15 @@ pub async fn purge(
     dry_run: bool,
 ) -> Result<PurgeReport, AuditOpsError> {
     let now = AuditTime::from_datetime(Utc::now())?;
-    let (signed, checkpoints) = if dry_run {
-        let (pending, _) = pending_checkpoints(store, key, today, now).await?;
+    // A broken day is not an error here: the plan holds back at it, and the report says why.
+    let (signed, broken, checkpoints) = if dry_run {
+        let (pending, broken) = pending_checkpoints(store, key, today, now).await?;
         let mut all = store.checkpoints().await?;
         all.extend(pending.iter().cloned());
-        (pending, all)
+        (pending, broken, all)
     } else {
-        // A broken day is not an error here: the plan holds back at it, and says why.
         let run = checkpoint_completed_days_at(store, key, anchor_path, today, now).await?;
-        if let Some(b) = &run.broken {
-            tracing::warn!(day = %b.day, seq = b.seq, why = %b.why, "not checkpointing a broken day");
-        }
-        (run.signed, store.checkpoints().await?)
+        (run.signed, run.broken, store.checkpoints().await?)
     };
     let summaries = store.audit_days().await?;
     let plan = purge_plan(&summaries, &checkpoints, &[key.public()], retention_days, today);
@@ -566,5 +587,54 @@ pub async fn purge(
     if let (false, Some(through_seq)) = (dry_run, plan.through_seq) {
         store.write(WriteOp::PurgeDays { days: plan.days.clone(), through_seq }).await?;
     }
-    Ok(PurgeReport { plan, days, signed, dry_run })
+    Ok(PurgeReport { plan, days, signed, broken, dry_run })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_checkpoint_is_just_after_utc_midnight() {
+        let table = [
+            ("2024-05-01T00:00:00Z", 86_405),
+            ("2024-05-01T00:00:04Z", 86_401),
+            ("2024-05-01T23:59:59Z", 6),
+            ("2024-05-01T12:00:00Z", 43_205),
+            ("2024-12-31T23:00:00Z", 3_605),
+        ];
+        for (now, secs) in table {
+            assert_eq!(until_next_checkpoint(at(now)), Duration::from_secs(secs), "{now}");
+        }
+    }
+
+    fn purge(day: u32, first_seq: u64, last_seq: u64) -> PurgeRecord {
+        PurgeRecord {
+            day: NaiveDate::from_ymd_opt(2024, 5, day).unwrap(),
+            first_seq,
+            last_seq,
+            record_count: last_seq - first_seq + 1,
+            purged_at: 0,
+        }
+    }
+
+    #[test]
+    fn recorded_purges_must_cover_every_missing_record() {
+        let table: &[(&[PurgeRecord], u64, bool)] = &[
+            (&[], 0, true),
+            (&[], 3, false),
+            (&[purge(1, 1, 3)], 3, true),
+            (&[purge(2, 4, 6), purge(1, 1, 3)], 6, true),
+            (&[purge(1, 1, 3)], 6, false),
+            (&[purge(2, 4, 6)], 6, false),
+            (&[purge(1, 1, 3), purge(3, 7, 9)], 9, false),
+        ];
+        for (i, (purges, purged, want)) in table.iter().enumerate() {
+            assert_eq!(purges_cover(purges, *purged), *want, "case {i}");
+        }
+    }
 }

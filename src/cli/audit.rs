@@ -203,7 +203,8 @@ async fn purge(config: &Config, retention_days: u32, dry_run: bool, json: bool) 
     } else {
         print_purge(&report, retention_days);
     }
-    Ok(Outcome::Ok)
+    // Held back means an old day stays that policy says should go: someone must look.
+    Ok(if report.plan.held_back.is_some() { Outcome::CheckFailed } else { Outcome::Ok })
 }
 
 fn held_back_text(h: &HeldBack) -> String {
@@ -238,6 +239,9 @@ fn print_purge(report: &PurgeReport, retention_days: u32) {
     if let Some(h) = &report.plan.held_back {
         println!("held back: {}", held_back_text(h));
     }
+    if let Some(b) = &report.broken {
+        println!("not checkpointed: {} is broken at seq {}: {}", b.day, b.seq, b.why);
+    }
 }
 
 fn purge_json(report: &PurgeReport, retention_days: u32) -> Value {
@@ -259,6 +263,7 @@ fn purge_json(report: &PurgeReport, retention_days: u32) -> Value {
         "records": report.plan.records,
         "throughSeq": report.plan.through_seq,
         "heldBack": held,
+        "broken": report.broken.as_ref().map(|b| json!({"day": b.day.to_string(), "seq": b.seq, "why": b.why})),
     })
 }
 

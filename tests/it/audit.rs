@@ -228,6 +228,12 @@ async fn a_deleted_middle_record_is_a_gap() {
     assert!(matches!(err, AuditOpsError::ChainBroken { day, .. } if day == may(3)), "{err}");
     // The days before the break were signed.
     assert_eq!(h.store.checkpoints().await.unwrap().len(), 2);
+    // A purge goes up to the break and says why it stopped there.
+    let report = ops::purge(&h.store, &h.key, &h.anchor(), 1, may(5), false).await.unwrap();
+    assert_eq!(report.plan.days, [may(1), may(2)]);
+    assert_eq!(report.plan.held_back, Some(HeldBack::NoCheckpoint { day: may(3) }));
+    assert_eq!(report.broken.map(|b| (b.day, b.seq)), Some((may(3), 8)));
+    assert_eq!(h.verify(true).await.verdict, Verdict::Gap { after_seq: 7, next_seq: 9 });
     h.store.close().await.unwrap();
 }
 
@@ -284,6 +290,11 @@ async fn forged_and_missing_checkpoints_are_bad_checkpoints() {
         matches!(&v, Verdict::BadCheckpoint { day, why, .. } if *day == may(3) && why.contains("missing from the database")),
         "{v}"
     );
+    // The checkpointer does not sign that day anew over what the database now holds.
+    let at = AuditTime::from_unix_millis(T0 + 5 * DAY_MS).unwrap();
+    let run = ops::checkpoint_completed_days_at(&h.store, &h.key, &h.anchor(), may(5), at).await.unwrap();
+    assert_eq!((run.signed.len(), run.conflicts.clone()), (0, vec![may(3)]));
+    assert_eq!(h.store.checkpoints().await.unwrap().len(), 3);
     h.store.close().await.unwrap();
 }
 
