@@ -238,7 +238,8 @@ pub struct CheckpointRun {
     /// Checkpoints that were in the database but missing from the anchor file, now appended
     /// (newly signed ones not included).
     pub repaired: Vec<Checkpoint>,
-    /// Days whose anchor-file checkpoint differs from the database's: left alone, for
+    /// Days whose anchor-file checkpoint differs from the database's, or that the anchor
+    /// file seals but the database has lost: left alone (never re-signed), for
     /// `audit verify` to report.
     pub conflicts: Vec<NaiveDate>,
     /// The day the run stopped at, because its records do not form an unbroken chain.
@@ -269,7 +270,7 @@ pub async fn checkpoint_completed_days(
     let now = AuditTime::from_datetime(Utc::now())?;
     let run = checkpoint_completed_days_at(store, key, anchor_path, today, now).await?;
     for day in &run.conflicts {
-        tracing::warn!(%day, anchor = %anchor_path.display(), "the anchor file's checkpoint differs from the database's");
+        tracing::warn!(%day, anchor = %anchor_path.display(), "the anchor file's checkpoint differs from the database's, or the database lost it");
     }
     if !run.repaired.is_empty() {
         tracing::warn!(count = run.repaired.len(), "appended stored checkpoints missing from the anchor file");
@@ -382,7 +383,7 @@ async fn check_day(
             match prev {
                 Some(p) if p == r.prev_hash => {}
                 Some(_) => return broken(r.seq, "prevHash does not match the previous record's hash"),
-                None => return broken(r.seq, "nothing vouches for the record before it (purged without a checkpoint)"),
+                None => return broken(r.seq, "the record before it is missing and no checkpoint ends there"),
             }
             if r.compute_hash(&mut buf) != r.hash {
                 return broken(r.seq, "contents do not match the record's hash");

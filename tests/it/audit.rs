@@ -462,6 +462,16 @@ async fn cli_reports_tampering_with_exit_1() {
     let v = json_out(&gc(&h2, &["audit", "verify", "--json"]));
     assert_eq!((v["result"].as_str(), v["firstBadSeq"].as_u64()), (Some("invalid"), Some(9)));
 
+    // The checkpointer will not sign a day whose records are not intact (exit 1).
+    h2.tamper("DELETE FROM audit_records WHERE seq = 13").await;
+    let o = gc(&h2, &["audit", "checkpoint"]);
+    assert_eq!(o.status.code(), Some(1), "{}", support::stderr(&o));
+    assert!(
+        support::stdout(&o).contains("not checkpointed: 2024-05-05 is broken at seq 14"),
+        "{}",
+        support::stdout(&o)
+    );
+
     // A key file others can read is refused (exit 2), naming the fix.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(h2.key_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
