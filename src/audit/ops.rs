@@ -412,8 +412,8 @@ pub struct VerifyReport {
     pub purges: Vec<PurgeRecord>,
     /// Distinct checkpoints checked (database and anchor file together).
     pub checkpoints: usize,
-    /// Lines in the anchor file, when one was read.
-    pub anchor_lines: Option<usize>,
+    /// Checkpoints in the anchor file, when one was read.
+    pub anchor_checkpoints: Option<usize>,
     /// Stored checkpoints not (yet) in the anchor file. Not a failure (a crash between
     /// storing and appending leaves this), but `gc-assist audit checkpoint` should repair it.
     pub not_in_anchor: Vec<NaiveDate>,
@@ -454,7 +454,7 @@ pub async fn verify(
         verdict: Verdict::Valid { records: 0, first_seq: 1, last_seq: 0, purged: 0 },
         purges,
         checkpoints: all.len(),
-        anchor_lines: anchored.as_ref().map(Vec::len),
+        anchor_checkpoints: anchored.as_ref().map(Vec::len),
         not_in_anchor,
     };
     // After a purge, verification starts from the checkpoint that ends the last purged

@@ -120,8 +120,8 @@ async fn verify(
 
 fn print_verify(report: &VerifyReport, anchor: Option<&Path>, keys: usize) {
     println!("{}", report.verdict);
-    let anchor_text = match (anchor, report.anchor_lines) {
-        (Some(p), Some(n)) => format!("; anchor file {} ({n} lines)", p.display()),
+    let anchor_text = match (anchor, report.anchor_checkpoints) {
+        (Some(p), Some(n)) => format!("; anchor file {} ({n} checkpoints)", p.display()),
         _ => "; no anchor file".to_owned(),
     };
     println!("checkpoints: {} checked under {keys} public key(s){anchor_text}", report.checkpoints);
@@ -162,7 +162,7 @@ fn verify_json(report: &VerifyReport, keys: usize) -> Value {
     out["message"] = json!(report.verdict.to_string());
     out["checkpoints"] = json!(report.checkpoints);
     out["publicKeys"] = json!(keys);
-    out["anchorLines"] = json!(report.anchor_lines);
+    out["anchorCheckpoints"] = json!(report.anchor_checkpoints);
     out["purgedDays"] = report
         .purges
         .iter()
