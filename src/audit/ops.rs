@@ -70,6 +70,10 @@ pub enum AuditOpsError {
     ChainBroken { day: NaiveDate, seq: u64, why: String },
     #[error("cannot write the export: {0}")]
     Export(io::Error),
+    #[error("cannot read the export: {0}")]
+    ExportRead(io::Error),
+    #[error("export line {line} is not an audit record: {message}")]
+    ExportLine { line: usize, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -516,6 +520,33 @@ async fn stream_verdict(
             if let Err(verdict) = verifier.push(r) {
                 return Ok(verdict);
             }
+        }
+    }
+    Ok(verifier.finish())
+}
+
+/// Verifies an export (JSONL, one record per line, as [`export_jsonl`] writes) against
+/// `checkpoints` (typically the anchor file's), streaming: what an auditor with only the
+/// export, the anchor file and the public key can check. A line that is not a record is an
+/// error naming the line.
+pub fn verify_jsonl(
+    input: impl io::BufRead,
+    checkpoints: &[Checkpoint],
+    keys: &[AuditPublicKey],
+) -> Result<Verdict, AuditOpsError> {
+    let mut verifier = match Verifier::new(None, checkpoints, keys) {
+        Ok(v) => v,
+        Err(verdict) => return Ok(verdict),
+    };
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(AuditOpsError::ExportRead)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line)
+            .map_err(|e| AuditOpsError::ExportLine { line: i + 1, message: e.to_string() })?;
+        if let Err(verdict) = verifier.push(&record) {
+            return Ok(verdict);
         }
     }
     Ok(verifier.finish())

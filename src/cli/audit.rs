@@ -25,6 +25,10 @@ pub enum AuditCommand {
         /// Default: the public half of audit.key_file.
         #[arg(long = "public-key", value_name = "HEX|FILE")]
         public_key: Vec<String>,
+        /// Verify this export (JSONL from `audit export`) against the anchor file instead of
+        /// the database.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -59,7 +63,12 @@ pub enum AuditCommand {
 pub async fn run(cmd: AuditCommand, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let config = ctx.load_config()?.config;
     match cmd {
-        AuditCommand::Verify { anchor, public_key, json } => verify(&config, anchor, &public_key, json).await,
+        AuditCommand::Verify { anchor, public_key, input: Some(input), json } => {
+            verify_export(&config, anchor, &public_key, &input, json)
+        }
+        AuditCommand::Verify { anchor, public_key, input: None, json } => {
+            verify(&config, anchor, &public_key, json).await
+        }
         AuditCommand::Export { from_seq, output } => export(&config, from_seq, output.as_deref()).await,
         AuditCommand::Purge { retention_days, dry_run, json } => {
             purge(&config, retention_days.unwrap_or(config.audit.retention_days), dry_run, json).await
@@ -87,25 +96,65 @@ async fn open_existing(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open(path, StoreOptions::default()).await?)
 }
 
+/// The public keys given, or else the public half of the configured key file (if any).
+fn public_keys(config: &Config, values: &[String]) -> anyhow::Result<Vec<AuditPublicKey>> {
+    let mut keys: Vec<AuditPublicKey> = Vec::new();
+    for value in values {
+        keys.extend(ops::parse_public_keys(value)?);
+    }
+    if keys.is_empty() && config.audit.key_file.exists() {
+        keys.push(ops::load_key(&config.audit.key_file)?.public());
+    }
+    Ok(keys)
+}
+
+/// An anchor file named on the command line must exist; the configured one may not yet.
+fn anchor_path(config: &Config, anchor: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    Ok(match anchor {
+        Some(p) if !p.exists() => anyhow::bail!("anchor file {} does not exist", p.display()),
+        Some(p) => Some(p),
+        None => Some(config.audit.anchor_file.clone()).filter(|p| p.exists()),
+    })
+}
+
+fn verify_export(
+    config: &Config,
+    anchor: Option<PathBuf>,
+    public_keys: &[String],
+    input: &Path,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let keys = self::public_keys(config, public_keys)?;
+    let anchor = anchor_path(config, anchor)?;
+    let checkpoints = match &anchor {
+        Some(p) => ops::read_anchor_file(p)?,
+        None => Vec::new(),
+    };
+    let file = std::fs::File::open(input).with_context(|| format!("cannot open the export {}", input.display()))?;
+    let verdict = ops::verify_jsonl(std::io::BufReader::new(file), &checkpoints, &keys)?;
+    let report = VerifyReport {
+        verdict,
+        purges: Vec::new(),
+        checkpoints: checkpoints.len(),
+        anchor_checkpoints: anchor.as_ref().map(|_| checkpoints.len()),
+        not_in_anchor: Vec::new(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verify_json(&report, keys.len()))?);
+    } else {
+        print_verify(&report, anchor.as_deref(), keys.len());
+    }
+    Ok(if report.is_valid() { Outcome::Ok } else { Outcome::CheckFailed })
+}
+
 async fn verify(
     config: &Config,
     anchor: Option<PathBuf>,
     public_keys: &[String],
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    let mut keys: Vec<AuditPublicKey> = Vec::new();
-    for value in public_keys {
-        keys.extend(ops::parse_public_keys(value)?);
-    }
-    if keys.is_empty() && config.audit.key_file.exists() {
-        keys.push(ops::load_key(&config.audit.key_file)?.public());
-    }
-    // An anchor file named on the command line must exist; the configured one may not yet.
-    let anchor = match anchor {
-        Some(p) if !p.exists() => anyhow::bail!("anchor file {} does not exist", p.display()),
-        Some(p) => Some(p),
-        None => Some(config.audit.anchor_file.clone()).filter(|p| p.exists()),
-    };
+    let keys = self::public_keys(config, public_keys)?;
+    let anchor = anchor_path(config, anchor)?;
     let store = open_existing(config).await?;
     let report = ops::verify(&store, anchor.as_deref(), &keys).await;
     store.close().await?;

@@ -418,6 +418,25 @@ async fn cli_verify_export_purge_and_exit_codes() {
     assert_eq!(audit::verify(&records, None, &cps, &[h.key.public()]), valid(14, 1, 14, 0));
     let o = gc(&h, &["audit", "export", "--from-seq", "13"]);
     assert_eq!(support::stdout(&o).lines().count(), 2);
+    // An auditor checks the export with the anchor file and the public key alone.
+    let public = h.dir.path().join("audit.pub");
+    std::fs::write(&public, format!("{}\n", h.key.public().to_line())).unwrap();
+    let (file_s, pub_s) = (file.to_str().unwrap(), public.to_str().unwrap());
+    let v = json_out(&gc(&h, &["audit", "verify", "--input", file_s, "--public-key", pub_s, "--json"]));
+    assert_eq!((v["result"].as_str(), v["records"].as_u64()), (Some("valid"), Some(14)));
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("\"accepted\"", "\"rejected\"", 1)).unwrap();
+    let o = gc(&h, &["audit", "verify", "--input", file_s, "--public-key", pub_s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(support::stdout(&o).contains("invalid at seq 1"), "{}", support::stdout(&o));
+    let cut: String = text.lines().take(10).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, cut).unwrap();
+    let v = json_out(&gc(&h, &["audit", "verify", "--input", file_s, "--json"]));
+    assert_eq!((v["result"].as_str(), v["checkpointSeq"].as_u64()), (Some("missing_tail"), Some(12)));
+    std::fs::write(&file, "{\"seq\": 1}\n").unwrap();
+    let o = gc(&h, &["audit", "verify", "--input", file_s]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(support::stderr(&o).contains("export line 1"), "{}", support::stderr(&o));
 
     // Purge: today is long after May 2024, so every day goes (May 5 is checkpointed first).
     let o = gc(&h, &["audit", "purge", "--retention-days", "1", "--dry-run", "--json"]);
