@@ -38,6 +38,25 @@ pub struct Args {
     /// Stay until `autoDismissMs` has passed and mark the prompt expired.
     #[arg(long)]
     pub follow: bool,
+    /// Send through a running gc-assist service (`gc-assist serve`) at this URL instead of
+    /// writing participant data directly.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["emulator", "follow", "on_capacity"])]
+    pub server: Option<url::Url>,
+    /// API key for --server.
+    #[arg(long, env = "GC_ASSIST_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// With --server: FILE is JSONL, one payload per line; prints a summary.
+    #[arg(long, requires = "server")]
+    pub batch: bool,
+    /// With --batch: requests in flight at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub concurrency: usize,
+    /// With --server: the Idempotency-Key header (default: a fresh one).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// With --batch: print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Override the payload's `onCapacity`: `queue` waits for a free slot, `reject` fails
     /// with 409 at once.
     #[arg(long, value_enum)]
@@ -70,8 +89,16 @@ pub enum Fault {
 const ACTOR: &str = "cli:inject";
 
 pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let loaded = ctx.load_config()?;
     let bytes = read_input(&args.file)?;
+    if let Some(server) = &args.server {
+        let remote = super::inject_remote::Remote::new(server, args.api_key.as_deref().unwrap_or(""))?;
+        return if args.batch {
+            super::inject_remote::batch(&remote, &args.file, &bytes, args.concurrency, args.json).await
+        } else {
+            super::inject_remote::single(&remote, bytes, args.idempotency_key.clone()).await
+        };
+    }
+    let loaded = ctx.load_config()?;
     let payload = match contract::validate_json(&bytes) {
         Ok(p) => p,
         Err(issues) => {

@@ -13,6 +13,7 @@ pub mod config_cmd;
 pub mod demo;
 pub mod emulator;
 pub mod inject;
+pub mod inject_remote;
 pub mod keys;
 pub mod outbox;
 pub mod prompts;
