@@ -5,5 +5,6 @@ mod contract;
 mod emulator;
 mod genesys;
 mod inject;
+mod service;
 mod store;
 mod support;
