@@ -43,7 +43,10 @@ pub async fn run(cmd: KeysCommand, _ctx: &Ctx) -> anyhow::Result<Outcome> {
         println!("{}", serde_json::json!({ "id": id, "role": a.role, "key": key, "sha256": hash }));
     } else {
         println!("API key (shown once; give it to the caller, it is not stored anywhere):\n\n  {key}\n");
-        println!("Add to gc-assist.toml:\n\n[[server.api_keys]]\nid = \"{id}\"\nsha256 = \"{hash}\"\nrole = \"{}\"", a.role);
+        println!(
+            "Add to gc-assist.toml:\n\n[[server.api_keys]]\nid = \"{id}\"\nsha256 = \"{hash}\"\nrole = \"{}\"",
+            a.role
+        );
     }
     Ok(Outcome::Ok)
 }

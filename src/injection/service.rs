@@ -201,7 +201,8 @@ impl Histogram {
 
     /// Cumulative bucket counts (Prometheus `le` semantics), sum in seconds, count.
     pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let buckets = BUCKETS_MS.iter().zip(&self.counts).map(|(b, c)| (*b / 1000.0, c.load(Ordering::Relaxed))).collect();
+        let buckets =
+            BUCKETS_MS.iter().zip(&self.counts).map(|(b, c)| (*b / 1000.0, c.load(Ordering::Relaxed))).collect();
         (buckets, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, self.count.load(Ordering::Relaxed))
     }
 }
@@ -279,9 +280,7 @@ struct Inner {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn priority_rank(p: Priority) -> u8 {
@@ -497,9 +496,8 @@ impl Service {
         if self.is_shutting_down() {
             return Err(ServiceError::ShuttingDown);
         }
-        let content = resolve_prompt(&payload, self.inner.catalogue.as_ref())
-            .map_err(ServiceError::UnknownPrompt)?
-            .clone();
+        let content =
+            resolve_prompt(&payload, self.inner.catalogue.as_ref()).map_err(ServiceError::UnknownPrompt)?.clone();
         let now = self.now_ms();
         let id = Uuid::now_v7();
         let armed = !payload.trigger_conditions().is_empty();
@@ -631,7 +629,8 @@ impl Service {
                     (u, Some(Kind::Remove("expired")))
                 }
                 Effect::QueueTimedOut { .. } => {
-                    let msg = format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
+                    let msg =
+                        format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
                     let mut d = draft(&row, "failed", actor, Some("queue_timeout"));
                     d.error = Some(msg.clone());
                     let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
@@ -824,7 +823,9 @@ impl Service {
                 u
             }
             Admit::Rejected { retry_after_ms, .. } => {
-                let msg = format!("no free prompt slot when the trigger fired (onCapacity reject; frees in {retry_after_ms} ms)");
+                let msg = format!(
+                    "no free prompt slot when the trigger fired (onCapacity reject; frees in {retry_after_ms} ms)"
+                );
                 let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, fired);
                 let mut d = draft(&row, "failed", actor, Some("capacity"));
                 d.error = Some(msg.clone());
@@ -891,7 +892,9 @@ impl Service {
         let u = InjectionUpdate::new(id, row.status, status, now, d);
         let Some(row) = self.commit_update(row, u).await else {
             *guard = snapshot;
-            return Err(ServiceError::Store(StoreError::Invalid(format!("could not record cancelling injection {id}"))));
+            return Err(ServiceError::Store(StoreError::Invalid(format!(
+                "could not record cancelling injection {id}"
+            ))));
         };
         if shown_now {
             self.deliver(Delivery::Remove { row: Box::new(row), status: "withdrawn" });
@@ -1042,7 +1045,8 @@ impl Service {
             }
         }
         for conv in convs {
-            let deadline = match self.ledgers().get(&conv).cloned() {
+            let ledger = self.ledgers().get(&conv).cloned();
+            let deadline = match ledger {
                 Some(l) => l.lock().await.next_deadline(),
                 None => None,
             };

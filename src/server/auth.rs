@@ -93,7 +93,8 @@ pub fn authorize<'k>(keys: &'k [ApiKey], headers: &HeaderMap, needed: Role) -> R
             found = Some(k);
         }
     }
-    let k = found.ok_or_else(|| unauthorized("unknown API key; check the key, or create one with `gc-assist keys new`"))?;
+    let k =
+        found.ok_or_else(|| unauthorized("unknown API key; check the key, or create one with `gc-assist keys new`"))?;
     if !k.role.may(needed) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

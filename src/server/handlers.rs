@@ -80,10 +80,13 @@ async fn create_inner(st: AppState, headers: HeaderMap, body: Body) -> Result<Re
         None => None,
         Some(v) => {
             let k = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX);
-            Some(k.ok_or_else(|| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
-            })?)
-            .map(str::to_string)
+            let k = k.ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1-255 visible ASCII characters",
+                )
+            })?;
+            Some(k.to_string())
         }
     };
     if st.inner.service.writes_in_flight() >= st.inner.shed_queue_depth {
@@ -208,11 +211,14 @@ pub async fn stream(State(st): State<AppState>, headers: HeaderMap, Path(id): Pa
     let r = async {
         authorize(&st.inner.keys, &headers, Role::Injector)?;
         let id = parse_id(&id, "conversation")?;
-        let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
+        let last =
+            headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
         let sub = st.inner.service.panel().subscribe(id, last);
         let stop = st.inner.stop.subscribe();
         let events = sse_events(sub, stop);
-        Ok::<_, ApiError>(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+        Ok::<_, ApiError>(
+            Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response(),
+        )
     };
     r.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -262,8 +268,12 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     }
     match st.inner.service.store().write(WriteBatch::new()).await {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store is not writable: {e}"))
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store is not writable: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -277,6 +287,10 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see /openapi.json")
-        .into_response()
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+    .into_response()
 }

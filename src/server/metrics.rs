@@ -37,7 +37,12 @@ pub async fn render(State(st): State<AppState>) -> Response {
             let _ = writeln!(out, "gc_assist_injection_transitions_total{{status=\"{s}\"}} {n}");
         }
     }
-    histogram(&mut out, "gc_assist_admit_latency_seconds", "Request received to injection committed.", &stats.admit_latency);
+    histogram(
+        &mut out,
+        "gc_assist_admit_latency_seconds",
+        "Request received to injection committed.",
+        &stats.admit_latency,
+    );
     histogram(
         &mut out,
         "gc_assist_delivery_latency_seconds",

@@ -129,11 +129,7 @@ async fn wait_status(base: &str, id: &str, want: &str, within: Duration) {
 }
 
 /// Reads SSE frames until `pred` matches one; returns (event, id, data).
-async fn next_event(
-    resp: &mut reqwest::Response,
-    buf: &mut String,
-    within: Duration,
-) -> Option<(String, u64, Value)> {
+async fn next_event(resp: &mut reqwest::Response, buf: &mut String, within: Duration) -> Option<(String, u64, Value)> {
     let until = Instant::now() + within;
     loop {
         if let Some(end) = buf.find("\n\n") {
@@ -222,7 +218,8 @@ async fn delivers_after_delay_to_panel_and_participant_data_then_expires() {
     assert!(posted.elapsed() >= Duration::from_millis(10_700));
     wait_status(&svc.base, &id, "expired", Duration::from_secs(2)).await;
     let (_, full) = get(&svc.base, &format!("/v1/prompt-injections/{id}")).await;
-    let timeline: Vec<&str> = full["timeline"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    let timeline: Vec<&str> =
+        full["timeline"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(timeline, ["accepted", "scheduled", "delivered", "expired"]);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
@@ -255,7 +252,12 @@ async fn fourth_prompt_queues_and_is_promoted_when_a_slot_frees() {
 
     // Withdraw the first: the fourth takes its slot.
     let http = reqwest::Client::new();
-    let r = http.delete(format!("{}/v1/prompt-injections/{}", svc.base, ids[0])).bearer_auth(INJECTOR).send().await.unwrap();
+    let r = http
+        .delete(format!("{}/v1/prompt-injections/{}", svc.base, ids[0]))
+        .bearer_auth(INJECTOR)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["status"], "withdrawn");
@@ -263,7 +265,12 @@ async fn fourth_prompt_queues_and_is_promoted_when_a_slot_frees() {
     wait_status(&svc.base, &ids[3], "delivered", Duration::from_secs(3)).await;
 
     // Cancelling twice is refused: it is no longer live.
-    let r = http.delete(format!("{}/v1/prompt-injections/{}", svc.base, ids[0])).bearer_auth(INJECTOR).send().await.unwrap();
+    let r = http
+        .delete(format!("{}/v1/prompt-injections/{}", svc.base, ids[0]))
+        .bearer_auth(INJECTOR)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     svc.stop().await;
 }
@@ -335,7 +342,8 @@ async fn armed_prompt_waits_for_fire_and_only_admins_fire() {
     assert_eq!(http.post(&url).bearer_auth(ADMIN).send().await.unwrap().status(), 409, "fires once");
     wait_status(&svc.base, id, "delivered", Duration::from_secs(3)).await;
     let (_, full) = get(&svc.base, &format!("/v1/prompt-injections/{id}")).await;
-    let timeline: Vec<&str> = full["timeline"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    let timeline: Vec<&str> =
+        full["timeline"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(timeline, ["accepted", "armed", "fired", "scheduled", "delivered"]);
     svc.stop().await;
 }
@@ -352,7 +360,8 @@ async fn bad_input_gets_the_documented_4xx() {
     let mut unknown = payload(&conv, 3, 500, 10_000, json!({"promtId": "x"}));
     unknown["displaySettings"]["delayMs"] = json!(100);
     // (body, content type, key, expected status, expected error code)
-    let table: Vec<(Vec<u8>, &str, Option<&str>, u16, &str)> = vec![
+    type Row<'a> = (Vec<u8>, &'a str, Option<&'a str>, u16, &'a str);
+    let table: Vec<Row> = vec![
         (b"\x00\xff garbage".to_vec(), "application/json", Some(INJECTOR), 400, "invalid_encoding"),
         (b"{not json".to_vec(), "application/json", Some(INJECTOR), 400, "invalid_json"),
         (good.clone(), "text/plain", Some(INJECTOR), 415, "unsupported_media_type"),
@@ -372,13 +381,15 @@ async fn bad_input_gets_the_documented_4xx() {
         assert_eq!(b["error"], code, "row {i}: {b}");
         assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "row {i}");
         if want == 422 {
-            let paths: Vec<&str> = b["issues"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
+            let paths: Vec<&str> =
+                b["issues"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
             assert!(paths.contains(&"promtId") && paths.contains(&"displaySettings.delayMs"), "{paths:?}");
         }
     }
     // Unknown and malformed ids are 404; unknown routes 404; wrong methods 405.
     let missing = "0190a000-0000-7000-8000-000000000000";
-    for path in [format!("/v1/prompt-injections/{missing}"), "/v1/prompt-injections/not-a-uuid".into(), "/nope".into()] {
+    for path in [format!("/v1/prompt-injections/{missing}"), "/v1/prompt-injections/not-a-uuid".into(), "/nope".into()]
+    {
         assert_eq!(get(&svc.base, &path).await.0, 404, "{path}");
     }
     let r = http.put(&url).bearer_auth(INJECTOR).send().await.unwrap();
