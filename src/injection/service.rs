@@ -272,6 +272,8 @@ struct Inner {
     timers: Mutex<BinaryHeap<Reverse<(u64, Uuid)>>>,
     wake: Notify,
     closed: AtomicBool,
+    /// Tells the channel worker to stop.
+    stop: tokio::sync::watch::Sender<bool>,
     seq: AtomicU64,
     pd_tx: Option<mpsc::UnboundedSender<PdJob>>,
     stats: ServiceStats,
@@ -342,6 +344,7 @@ impl Service {
                 timers: Mutex::new(BinaryHeap::new()),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
+                stop: tokio::sync::watch::channel(false).0,
                 seq: AtomicU64::new(0),
                 pd_tx,
                 stats: ServiceStats::default(),
@@ -362,6 +365,7 @@ impl Service {
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
+        self.inner.stop.send_replace(true);
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -1059,7 +1063,15 @@ impl Service {
     /// the failure is recorded in the audit trail (the panel still shows the prompt).
     async fn run_participant_data(&self, mut rx: mpsc::UnboundedReceiver<PdJob>) {
         let mut agents: HashMap<Uuid, String> = HashMap::new();
-        while let Some(job) = rx.recv().await {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let job = tokio::select! {
+                j = rx.recv() => match j {
+                    Some(j) => j,
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
             let (row, attrs, what) = match &job {
                 PdJob::Show { row } => {
                     let p = self.attribute(row);

@@ -509,3 +509,81 @@ fn keys_new_prints_a_key_and_its_hash() {
     let toml = support::run(&["keys", "new", "--id", "crm"], &[]);
     assert!(support::stdout(&toml).contains("[[server.api_keys]]"));
 }
+
+#[tokio::test]
+async fn failed_participant_data_write_is_recorded_and_the_panel_still_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let conv = emu.create_conversation(NewConversation::default()).conversation_id;
+    // The agent left: there is no connected agent participant to write to.
+    assert!(emu.end_conversation(&conv));
+    let svc = start(dir.path(), &emu, 65536).await;
+    let mut sse = open_stream(&svc.base, &conv, None).await;
+    let (st, b) = post(&svc.base, &payload(&conv, 3, 500, 10_000, json!({})), None).await;
+    assert_eq!(st, 201);
+    let id = b["injectionId"].as_str().unwrap().to_string();
+    let mut buf = String::new();
+    let (ev, _, _) = next_event(&mut sse, &mut buf, Duration::from_secs(3)).await.expect("panel event");
+    assert_eq!(ev, "prompt");
+    let until = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, full) = get(&svc.base, &format!("/v1/prompt-injections/{id}")).await;
+        let failure = full["timeline"].as_array().unwrap().iter().find(|r| !r["error"].is_null()).cloned();
+        if let Some(r) = failure {
+            assert_eq!(r["reason"], "participant_data_show_failed");
+            assert!(r["error"].as_str().unwrap().contains("no connected agent"), "{r}");
+            assert_eq!(full["status"], "delivered", "the panel still shows it");
+            break;
+        }
+        assert!(Instant::now() < until, "failure never recorded: {full}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sse);
+    svc.stop().await;
+}
+
+#[test]
+fn serve_binary_answers_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gc-assist.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = {:?}\n[server]\nchannels = [\"panel\"]\n[[server.api_keys]]\nid = \"t\"\nsha256 = \"{}\"\nrole = \"injector\"\n",
+            dir.path().join("serve.db"),
+            key_hash_hex(INJECTOR)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(support::bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("gc-assist serving on ") {
+            break rest.trim().to_string();
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conv = "8a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let (st, b) = rt.block_on(post(&base, &payload(conv, 3, 500, 10_000, json!({})), None));
+    assert_eq!(st, 201, "{b}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The injection survived the shutdown on disk.
+    let store = rt.block_on(Store::open(&dir.path().join("serve.db"), StoreOptions::default())).unwrap();
+    let id = uuid::Uuid::parse_str(b["injectionId"].as_str().unwrap()).unwrap();
+    assert!(rt.block_on(store.get_injection(id)).unwrap().is_some());
+    rt.block_on(store.close()).unwrap();
+}
