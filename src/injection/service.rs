@@ -651,7 +651,7 @@ impl Service {
                     (u, None)
                 }
             };
-            if let Some(row) = self.commit_update(row, update).await {
+            if let Ok(row) = self.commit_update(row, update).await {
                 match delivery {
                     Some(Kind::Show) => deliveries.push(Delivery::Show(Box::new(row))),
                     Some(Kind::Remove(status)) => deliveries.push(Delivery::Remove { row: Box::new(row), status }),
@@ -668,7 +668,7 @@ impl Service {
 impl Service {
     /// Writes one status change; on success updates the live map and returns the row as it
     /// now stands.
-    async fn commit_update(&self, mut row: InjectionRow, u: InjectionUpdate) -> Option<InjectionRow> {
+    async fn commit_update(&self, mut row: InjectionRow, u: InjectionUpdate) -> Result<InjectionRow, StoreError> {
         let id = row.id;
         let status = u.status;
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
@@ -676,7 +676,7 @@ impl Service {
         let at = u.at;
         if let Err(e) = self.write(vec![WriteOp::UpdateInjection(Box::new(u))]).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
-            return None;
+            return Err(e);
         }
         self.inner.stats.count(status);
         row.status = status;
@@ -692,7 +692,7 @@ impl Service {
         } else {
             live.remove(&id);
         }
-        Some(row)
+        Ok(row)
     }
 
     /// Sends a committed change to the enabled channels.
@@ -782,10 +782,18 @@ impl Service {
         }
     }
 
-    /// Runs `f` on the conversation's ledger with the injection's current row, under the lock.
+    /// The conversation ledger an injection belongs to, and its row as last seen.
     async fn with_ledger(&self, id: Uuid) -> Result<(ConvLedger, InjectionRow), ServiceError> {
         let row = self.live_row(id).await?;
         Ok((self.ledger_for(row.conversation_id), row))
+    }
+
+    /// Reschedules the conversation's timer and drops its ledger if nothing is left in it.
+    fn release_ledger(&self, conv: Uuid, ledger: &ConvLedger, guard: tokio::sync::MutexGuard<'_, Ledger>) {
+        self.schedule(conv, guard.next_deadline());
+        let empty = guard.is_empty();
+        drop(guard);
+        self.maybe_drop_ledger(conv, ledger, empty);
     }
 
     /// Trigger conditions held: moves an armed injection into admission.
@@ -793,18 +801,24 @@ impl Service {
         if self.is_shutting_down() {
             return Err(ServiceError::ShuttingDown);
         }
-        let (ledger, _) = self.with_ledger(id).await?;
+        let (ledger, row) = self.with_ledger(id).await?;
+        let conv = row.conversation_id;
         let mut guard = ledger.lock().await;
+        let r = self.fire_locked(id, actor, &mut guard).await;
+        self.release_ledger(conv, &ledger, guard);
+        r
+    }
+
+    async fn fire_locked(&self, id: Uuid, actor: &str, ledger: &mut Ledger) -> Result<InjectionStatus, ServiceError> {
         // Read again under the lock: it may have changed while we waited.
         let row = self.live_row(id).await?;
         if row.status != InjectionStatus::Armed {
             return Err(ServiceError::WrongState { id, status: row.status, action: "fire", needs: "armed" });
         }
-        let conv = row.conversation_id;
         let now = self.now_ms();
-        let snapshot = guard.clone();
+        let snapshot = ledger.clone();
         let c = self.candidate(&row, row.payload.queue_timeout_ms());
-        let admitted = guard.admit(c, ms_u64(now)).map_err(|_| ServiceError::WrongState {
+        let admitted = ledger.admit(c, ms_u64(now)).map_err(|_| ServiceError::WrongState {
             id,
             status: row.status,
             action: "fire",
@@ -841,19 +855,25 @@ impl Service {
         };
         u.at = now;
         let status = u.status;
-        if self.commit_update(row, u).await.is_none() {
-            *guard = snapshot;
-            return Err(ServiceError::Store(StoreError::Invalid(format!("could not record firing injection {id}"))));
+        if let Err(e) = self.commit_update(row, u).await {
+            *ledger = snapshot;
+            return Err(e.into());
         }
-        self.apply(&mut guard, admitted.effects, "system").await;
-        self.schedule(conv, guard.next_deadline());
+        self.apply(ledger, admitted.effects, "system").await;
         Ok(status)
     }
 
     /// Cancels (armed, queued) or withdraws (scheduled, on screen) an injection.
     pub async fn cancel(&self, id: Uuid, actor: &str) -> Result<InjectionStatus, ServiceError> {
-        let (ledger, _) = self.with_ledger(id).await?;
+        let (ledger, row) = self.with_ledger(id).await?;
+        let conv = row.conversation_id;
         let mut guard = ledger.lock().await;
+        let r = self.cancel_locked(id, actor, &mut guard).await;
+        self.release_ledger(conv, &ledger, guard);
+        r
+    }
+
+    async fn cancel_locked(&self, id: Uuid, actor: &str, ledger: &mut Ledger) -> Result<InjectionStatus, ServiceError> {
         let row = self.live_row(id).await?;
         if !row.status.is_live() {
             return Err(ServiceError::WrongState {
@@ -863,13 +883,12 @@ impl Service {
                 needs: "armed, queued, scheduled or delivered",
             });
         }
-        let conv = row.conversation_id;
         let now = self.now_ms();
-        let snapshot = guard.clone();
+        let snapshot = ledger.clone();
         let (status, effects, shown) = if row.status == InjectionStatus::Armed {
             (InjectionStatus::Cancelled, Vec::new(), false)
         } else {
-            match guard.cancel(id, ms_u64(now)) {
+            match ledger.cancel(id, ms_u64(now)) {
                 Ok(c) => match c.was {
                     Was::Queued => (InjectionStatus::Cancelled, c.effects, false),
                     Was::Scheduled => (InjectionStatus::Withdrawn, c.effects, false),
@@ -887,46 +906,58 @@ impl Service {
         let mut shown_now = shown;
         let mut row = row;
         if !pre.is_empty() {
-            self.apply(&mut guard, pre, "system").await;
+            self.apply(ledger, pre, "system").await;
             row = self.live_row(id).await?;
             shown_now = true;
         }
         let reason = if status == InjectionStatus::Cancelled { "cancelled" } else { "withdrawn" };
         let d = draft(&row, status.as_str(), actor, Some(reason));
         let u = InjectionUpdate::new(id, row.status, status, now, d);
-        let Some(row) = self.commit_update(row, u).await else {
-            *guard = snapshot;
-            return Err(ServiceError::Store(StoreError::Invalid(format!(
-                "could not record cancelling injection {id}"
-            ))));
+        let row = match self.commit_update(row, u).await {
+            Ok(row) => row,
+            Err(e) => {
+                *ledger = snapshot;
+                return Err(e.into());
+            }
         };
         if shown_now {
             self.deliver(Delivery::Remove { row: Box::new(row), status: "withdrawn" });
         }
-        self.apply(&mut guard, rest, "system").await;
-        self.schedule(conv, guard.next_deadline());
+        self.apply(ledger, rest, "system").await;
         Ok(status)
     }
 
     /// The agent dismissed or clicked a shown prompt: frees its slot.
     pub async fn engage(&self, id: Uuid, kind: Engagement, actor: &str) -> Result<InjectionStatus, ServiceError> {
-        let (ledger, _) = self.with_ledger(id).await?;
+        let (ledger, row) = self.with_ledger(id).await?;
+        let conv = row.conversation_id;
         let mut guard = ledger.lock().await;
+        let r = self.engage_locked(id, kind, actor, &mut guard).await;
+        self.release_ledger(conv, &ledger, guard);
+        r
+    }
+
+    async fn engage_locked(
+        &self,
+        id: Uuid,
+        kind: Engagement,
+        actor: &str,
+        ledger: &mut Ledger,
+    ) -> Result<InjectionStatus, ServiceError> {
         let now = self.now_ms();
         // Bring the ledger up to date first so a prompt due to show counts as shown.
-        let due = guard.tick(ms_u64(now));
-        self.apply(&mut guard, due, "system").await;
+        let due = ledger.tick(ms_u64(now));
+        self.apply(ledger, due, "system").await;
         let row = self.live_row(id).await?;
         if row.status != InjectionStatus::Delivered {
             return Err(ServiceError::WrongState { id, status: row.status, action: "engage", needs: "delivered" });
         }
-        let conv = row.conversation_id;
-        let snapshot = guard.clone();
+        let snapshot = ledger.clone();
         let why = match kind {
             Engagement::Dismissed => Release::Dismissed,
             Engagement::Clicked => Release::Clicked,
         };
-        let effects = guard.release(id, why, ms_u64(now)).map_err(|_| ServiceError::WrongState {
+        let effects = ledger.release(id, why, ms_u64(now)).map_err(|_| ServiceError::WrongState {
             id,
             status: row.status,
             action: "engage",
@@ -939,20 +970,22 @@ impl Service {
         let mut u = InjectionUpdate::new(id, row.status, status, now, draft(&row, word, actor, None));
         let since = now.saturating_sub(row.show_at.unwrap_or(now)).max(0);
         u.outbox = self.outbox(&row, event, ms_u64(since), now);
-        let Some(row) = self.commit_update(row, u).await else {
-            *guard = snapshot;
-            return Err(ServiceError::Store(StoreError::Invalid(format!("could not record engagement with {id}"))));
+        let row = match self.commit_update(row, u).await {
+            Ok(row) => row,
+            Err(e) => {
+                *ledger = snapshot;
+                return Err(e.into());
+            }
         };
         self.deliver(Delivery::Remove { row: Box::new(row), status: word });
-        self.apply(&mut guard, effects, "system").await;
-        self.schedule(conv, guard.next_deadline());
+        self.apply(ledger, effects, "system").await;
         Ok(status)
     }
 
     /// The conversation ended: its armed prompts will never fire and are recorded expired.
     pub async fn conversation_ended(&self, conversation_id: Uuid) -> Result<usize, ServiceError> {
         let ledger = self.ledger_for(conversation_id);
-        let _guard = ledger.lock().await;
+        let guard = ledger.lock().await;
         let armed: Vec<InjectionRow> = self
             .live()
             .values()
@@ -965,10 +998,11 @@ impl Service {
             let d = draft(&row, "expired", "system", Some("conversation_ended"));
             let mut u = InjectionUpdate::new(row.id, row.status, InjectionStatus::Expired, now, d);
             u.outbox = self.outbox(&row, EVENT_EXPIRED, 0, now);
-            if self.commit_update(row, u).await.is_some() {
+            if self.commit_update(row, u).await.is_ok() {
                 n += 1;
             }
         }
+        self.release_ledger(conversation_id, &ledger, guard);
         Ok(n)
     }
 
@@ -984,7 +1018,7 @@ impl Service {
             let mut u = InjectionUpdate::new(row.id, row.status, InjectionStatus::Expired, now, d);
             u.outbox = self.outbox(&row, EVENT_EXPIRED, 0, now);
             self.live().insert(row.id, row.clone());
-            self.commit_update(row, u).await;
+            let _ = self.commit_update(row, u).await;
         }
         let mut order: Vec<InjectionRow> = set.shown;
         order.extend(set.pending.iter().filter(|r| r.status == InjectionStatus::Scheduled).cloned());
@@ -1041,7 +1075,7 @@ impl Service {
                 _ => None,
             };
             if let Some(u) = moved {
-                self.commit_update(row, u).await;
+                let _ = self.commit_update(row, u).await;
             }
             self.apply(&mut guard, admitted.effects, "system").await;
             if !convs.contains(&conv) {
