@@ -1178,3 +1178,186 @@ impl Service {
         r.map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::validate_value;
+    use crate::store::{ManualClock, StoreOptions};
+
+    const T0: i64 = 1_760_000_000_000;
+
+    fn payload(conv: Uuid, max: u8, extra: Value) -> ValidPayload {
+        let mut v = json!({
+            "conversationId": conv,
+            "promptId": "d4e5f6a7-b8c9-0123-4567-890abcdef123",
+            "triggerConditions": [],
+            "displaySettings": {"delayMs": 500, "maxConcurrentPrompts": max, "autoDismissMs": 10000},
+            "prompt": {"title": "Refund policy", "body": "Offer a refund."}
+        });
+        if let (Some(o), Value::Object(more)) = (v.as_object_mut(), extra) {
+            o.extend(more);
+        }
+        validate_value(&v).unwrap()
+    }
+
+    fn meta() -> AcceptMeta {
+        AcceptMeta {
+            source: Source::Api,
+            api_key_id: Some("test".into()),
+            idempotency_key: None,
+            request_hash: String::new(),
+            received_at: Instant::now(),
+        }
+    }
+
+    async fn service(dir: &std::path::Path, clock: &ManualClock, webhooks: Vec<String>) -> (Service, Store) {
+        let (svc, store, _) = service_counting(dir, clock, webhooks).await;
+        (svc, store)
+    }
+
+    /// Also counts the `on_commit` calls (commits that added webhook messages).
+    async fn service_counting(
+        dir: &std::path::Path,
+        clock: &ManualClock,
+        webhooks: Vec<String>,
+    ) -> (Service, Store, Arc<AtomicU64>) {
+        let opts = StoreOptions { clock: Arc::new(clock.clone()), ..StoreOptions::default() };
+        let store = Store::open(&dir.join("t.db"), opts).await.unwrap();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        let svc = Service::start(ServiceDeps {
+            store: store.clone(),
+            catalogue: None,
+            channels: Channels { panel: true, participant_data: false },
+            genesys: None,
+            clock: Arc::new(clock.clone()),
+            global_webhooks: webhooks,
+            on_commit: Some(Arc::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            })),
+            attribute_prefix: "gcAssist".into(),
+        })
+        .await
+        .unwrap();
+        (svc, store, commits)
+    }
+
+    async fn status(store: &Store, id: Uuid) -> InjectionStatus {
+        store.get_injection(id).await.unwrap().unwrap().row.status
+    }
+
+    #[tokio::test]
+    async fn dismiss_frees_the_slot_for_the_queue_and_sends_webhooks() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let hook = "https://kb.example.com/hook".to_string();
+        let (svc, store, commits) = service_counting(dir.path(), &clock, vec![hook.clone()]).await;
+        let conv = Uuid::now_v7();
+        let a = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        let b = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        assert_eq!((a.status, b.status), (InjectionStatus::Scheduled, InjectionStatus::Queued));
+        // Not shown yet: engaging is refused and changes nothing.
+        assert!(matches!(
+            svc.engage(a.injection_id, Engagement::Dismissed, "agent").await,
+            Err(ServiceError::WrongState { .. })
+        ));
+        clock.advance(600);
+        // engage brings the ledger up to date first: the prompt is shown, then dismissed.
+        assert_eq!(svc.engage(a.injection_id, Engagement::Clicked, "agent").await.unwrap(), InjectionStatus::Clicked);
+        assert_eq!(status(&store, b.injection_id).await, InjectionStatus::Scheduled);
+        let tl: Vec<String> = store
+            .get_injection(a.injection_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .timeline
+            .into_iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(tl, ["accepted", "scheduled", "delivered", "clicked"]);
+        let events: Vec<String> = store
+            .outbox_list(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.injection_id == a.injection_id)
+            .map(|o| o.event_type)
+            .collect();
+        assert_eq!(events, [EVENT_INJECTED, EVENT_CLICKED]);
+        // Two accepts and one click added webhook messages: the worker was woken for each.
+        assert_eq!(commits.load(Ordering::Relaxed), 3);
+        let body: Value = serde_json::from_slice(&store.outbox_list(None, 1).await.unwrap()[0].body).unwrap();
+        assert_eq!(body["alignmentStatus"], "SYNCED");
+        assert_eq!(body["injectionId"], json!(a.injection_id));
+        // The panel saw the show and the removal, in order.
+        let kinds: Vec<&str> = svc.panel().subscribe(conv, None).backlog.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["prompt", "remove"]);
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn conversation_end_expires_armed_prompts_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let conv = Uuid::now_v7();
+        let trig = json!({"triggerConditions": [{"type": "duration", "value": 30}]});
+        let armed = svc.accept(payload(conv, 3, trig), meta()).await.unwrap();
+        let plain = svc.accept(payload(conv, 3, json!({})), meta()).await.unwrap();
+        assert_eq!(armed.status, InjectionStatus::Armed);
+        assert_eq!(svc.conversation_ended(conv).await.unwrap(), 1);
+        assert_eq!(status(&store, armed.injection_id).await, InjectionStatus::Expired);
+        assert_eq!(status(&store, plain.injection_id).await, InjectionStatus::Scheduled);
+        let last = store.get_injection(armed.injection_id).await.unwrap().unwrap().timeline.pop().unwrap();
+        assert_eq!(last.reason.as_deref(), Some("conversation_ended"));
+        assert!(matches!(svc.fire(armed.injection_id, "t").await, Err(ServiceError::WrongState { .. })));
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_write_rolls_the_ledger_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let conv = Uuid::now_v7();
+        svc.accept(payload(conv, 2, json!({})), meta()).await.unwrap();
+        let occupancy = |svc: &Service| {
+            let l = svc.ledgers().get(&conv).cloned().unwrap();
+            let g = l.try_lock().unwrap();
+            (g.occupancy(), g.queued().count())
+        };
+        assert_eq!(occupancy(&svc), (1, 0));
+        store.close().await.unwrap();
+        let e = svc.accept(payload(conv, 2, json!({})), meta()).await.unwrap_err();
+        assert!(matches!(e, ServiceError::Store(StoreError::Closed)), "{e:?}");
+        assert_eq!(occupancy(&svc), (1, 0), "the refused injection holds no slot");
+        svc.shutdown();
+    }
+
+    #[tokio::test]
+    async fn unknown_prompt_without_catalogue_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let v = json!({
+            "conversationId": Uuid::now_v7(),
+            "promptId": "d4e5f6a7-b8c9-0123-4567-890abcdef123",
+            "triggerConditions": [],
+            "displaySettings": {"delayMs": 500, "maxConcurrentPrompts": 1, "autoDismissMs": 10000}
+        });
+        let e = svc.accept(validate_value(&v).unwrap(), meta()).await.unwrap_err();
+        assert!(matches!(e, ServiceError::UnknownPrompt(_)), "{e:?}");
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
+    #[test]
+    fn channel_names() {
+        let c = Channels::from_names(&["panel".into(), "participant-data".into()]).unwrap();
+        assert_eq!(c, Channels { panel: true, participant_data: true });
+        assert!(matches!(Channels::from_names(&["sms".into()]), Err(ServiceError::UnknownChannel(_))));
+    }
+}
