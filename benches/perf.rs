@@ -171,3 +171,65 @@ mod genesys {
         b.bench(|| f.rt.block_on(async { black_box(f.client.get_conversation(&f.conversation_id).await.unwrap()) }));
     }
 }
+
+/// Keyword trigger evaluation: 1,000 armed keyword phrases over customer utterances, one
+/// Aho-Corasick automaton against the naive per-rule substring scan (the DESIGN.md §7
+/// baseline). Both normalize each utterance the same way first.
+mod triggers {
+    use super::*;
+    use gc_assist::triggers::{KeywordIndex, Normalizer};
+
+    const UTTERANCES: [&str; 4] = [
+        "i would like to check the balance on my monthly invoice please",
+        "the router keeps showing an error since the last delivery",
+        "Can you tell me why there is a late fee on this order?",
+        "my payment went through but the service is still off",
+    ];
+    const BATCH: usize = 10_000;
+
+    fn phrases() -> Vec<String> {
+        let words = [
+            "account", "balance", "charge", "delivery", "error", "fee", "green", "help", "invoice", "jacket", "kettle",
+            "late", "monthly", "number", "order", "payment", "quick", "router", "service", "ticket",
+        ];
+        let mut phrases = Vec::new();
+        for (i, a) in words.iter().enumerate() {
+            for (j, b) in words.iter().enumerate() {
+                phrases.push(format!("{a} {b}"));
+                phrases.push(format!("{a}{j} {b}{i}"));
+            }
+        }
+        phrases.extend((0..200).map(|i| format!("phrase{i}")));
+        phrases.truncate(1000);
+        phrases
+    }
+
+    #[divan::bench(name = "baseline: per-rule substring scan, 1,000 phrases (utterances/s)")]
+    fn substring_scan(b: Bencher) {
+        let phrases = phrases();
+        let mut norm = Normalizer::new();
+        b.counter(divan::counter::ItemsCount::new(BATCH)).bench_local(|| {
+            let mut hits = 0usize;
+            for i in 0..BATCH {
+                let text = norm.normalize(UTTERANCES[i % UTTERANCES.len()]);
+                hits += phrases.iter().filter(|p| text.contains(p.as_str())).count();
+            }
+            black_box(hits)
+        });
+    }
+
+    #[divan::bench(name = "keyword automaton, 1,000 phrases (utterances/s)")]
+    fn automaton(b: Bencher) {
+        let phrases = phrases();
+        let index = KeywordIndex::from_phrases(phrases.iter().map(String::as_str)).unwrap();
+        let mut norm = Normalizer::new();
+        b.counter(divan::counter::ItemsCount::new(BATCH)).bench_local(|| {
+            let mut hits = 0usize;
+            for i in 0..BATCH {
+                let text = norm.normalize(UTTERANCES[i % UTTERANCES.len()]);
+                hits += index.matches(text).count();
+            }
+            black_box(hits)
+        });
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing.
 //! - [`emulator`]: a local Genesys Cloud speaking the real wire format, with faults.
 //! - [`injection`]: turning a valid payload into a delivered prompt.
+//! - [`triggers`]: trigger conditions: text normalization, keyword index, events, evaluator.
 //! - [`audit`]: audit records of every injection state change.
 //! - [`webhook`]: signed webhooks to the knowledge system.
 //! - [`server`]: the HTTP service (`gc-assist serve`).
@@ -27,4 +28,5 @@ pub mod genesys;
 pub mod injection;
 pub mod server;
 pub mod store;
+pub mod triggers;
 pub mod webhook;

@@ -1,14 +1,16 @@
 //! Audit records of every injection state change: one SHA-256 hash chain, daily signed
 //! checkpoints, retention purge by whole days, and verification (CONTRACT §7).
 //!
-//! Everything here is pure: no clock, no files, no database. Callers pass timestamps and
+//! The core is pure: no clock, no files, no database. Callers pass timestamps and
 //! random sources in, and hand records and checkpoints over as values, so the same code
-//! checks a live store, an exported JSONL file and the table tests.
+//! checks a live store, an exported JSONL file and the table tests. [`ops`] alone is impure:
+//! it joins that core to the store, the key file and the anchor file.
 //!
 //! - [`record`]: [`AuditRecord`], [`AuditDraft`], the canonical byte form that is hashed.
 //! - [`chain`]: [`Chain`] (the appender) and [`verify`] / [`Verifier`] with its [`Verdict`].
 //! - [`checkpoint`]: [`Checkpoint`]s signed with an Ed25519 [`AuditKey`], the anchor-file
 //!   line format, key files, and [`purge_plan`] for retention.
+//! - [`ops`]: the checkpointer the service runs daily, store verification, export, purge.
 //!
 //! What a `Valid` verdict proves: every present record hashes to its stored `hash`, each
 //! `prevHash` is the previous record's `hash`, sequence numbers run without a hole, every
@@ -21,6 +23,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod ops;
 pub mod record;
 
 pub use chain::{verify, Chain, Defect, Verdict, Verifier};

@@ -1,5 +1,6 @@
 //! The one integration-test binary: a module per area, shared helpers in `support`.
 
+mod audit;
 mod cli;
 mod contract;
 mod emulator;
@@ -8,3 +9,4 @@ mod inject;
 mod service;
 mod store;
 mod support;
+mod webhook;

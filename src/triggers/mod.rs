@@ -1,0 +1,49 @@
+//! Trigger conditions (CONTRACT.md §3): the pure evaluation core.
+//!
+//! - [`normalize`]: the text normalization phrases and utterances share.
+//! - [`keywords`]: every phrase in one Aho-Corasick automaton, whole-word matches.
+//! - [`events`]: notification envelopes → typed conversation events.
+//! - [`evaluator`]: per-conversation state, armed entries, firing and expiry.
+//!
+//! Nothing here does I/O or reads a clock: time comes in as epoch milliseconds, so the same
+//! code runs live (driven by the notifications websocket and a timer) and in replay.
+
+pub mod evaluator;
+pub mod events;
+pub mod keywords;
+pub mod normalize;
+
+pub use evaluator::{compile, Armed, ArmedId, Condition, ConversationState, Evaluator, Outcome};
+pub use events::{
+    normalize_sentiment, parse_envelope, parse_notification, Channel, Event, Notification, Topic, Utterance,
+};
+pub use keywords::{KeywordIndex, KeywordIndexBuilder, PhraseId};
+pub use normalize::{normalize, Normalizer};
+
+/// Everything that can go wrong in this module; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("keyword phrase {phrase:?} has no letters or digits; give a phrase with at least one word")]
+    EmptyPhrase { phrase: String },
+    #[error("too many keyword phrases for one index (more than 2^32)")]
+    TooManyPhrases,
+    #[error("could not build the keyword automaton: {0}")]
+    Automaton(String),
+    #[error("keyword phrase {phrase:?} is not in the keyword index; rebuild the index with it")]
+    UnknownPhrase { phrase: String },
+    #[error("{what} is malformed: {reason}")]
+    Malformed { what: String, reason: String },
+    #[error("{field} is not an RFC 3339 timestamp: {value:?}")]
+    BadTime { field: String, value: String },
+}
+
+/// The recorded calls (`shared/data/calls`), found beside the repository or in the shared folder.
+#[cfg(test)]
+pub(crate) fn calls_dir() -> std::path::PathBuf {
+    let relative = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/calls");
+    if relative.is_dir() {
+        relative
+    } else {
+        std::path::PathBuf::from("/work/shared/data/calls")
+    }
+}
