@@ -3,20 +3,28 @@
 //! Start-up: open the store (applying migrations), load the prompt catalogue (the store's
 //! table, else the catalogue file), build the Genesys client (or, with `--emulator`, start an
 //! embedded emulator and use it as the Genesys side), recover live injections, serve.
-//! Shutdown: stop accepting, finish in-flight requests, stop the timer, close the store.
+//! Alongside: the webhook delivery worker (when `webhook.secret` is set; woken after every
+//! commit that adds outbox rows) and the daily audit checkpointer.
+//! Shutdown: stop accepting, finish in-flight requests, stop the timer, the worker and the
+//! checkpointer, close the store.
 
 use std::sync::Arc;
 
+use std::future::Future;
+use std::path::PathBuf;
+
 use anyhow::Context;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Ctx, Outcome};
+use crate::audit::ops::{checkpoint_completed_days, load_or_create_key, until_next_checkpoint};
 use crate::contract::Catalogue;
 use crate::emulator::{self, EmulatorConfig};
 use crate::genesys::{region, ClientSettings, GenesysClient};
-use crate::injection::service::{Channels, Service, ServiceDeps};
+use crate::injection::service::{Channels, OnCommit, Service, ServiceDeps};
 use crate::server::{self, AppState};
 use crate::store::{Store, StoreOptions, SystemClock};
+use crate::webhook::worker::{Worker, WorkerSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -66,6 +74,30 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         None
     };
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let worker = if cfg.webhook.secret.expose_secret().trim().is_empty() {
+        eprintln!(
+            "warning: webhook.secret is not set; webhook messages are stored but not sent until it is (GC_ASSIST__WEBHOOK__SECRET=whsec_...)"
+        );
+        None
+    } else {
+        let settings = WorkerSettings::from_config(&cfg.webhook).context("invalid [webhook] settings")?;
+        Some(Worker::new(store.clone(), settings)?.spawn(stopped(stop_rx.clone())))
+    };
+    let on_commit: Option<OnCommit> = worker.as_ref().map(|w| {
+        let n = w.notifier();
+        Arc::new(move || n.notify()) as OnCommit
+    });
+    let checkpointer = tokio::spawn(checkpoint_daily(
+        store.clone(),
+        cfg.audit.key_file.clone(),
+        cfg.audit.anchor_file.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
     let service = Service::start(ServiceDeps {
         store: store.clone(),
         catalogue,
@@ -73,7 +105,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         genesys,
         clock: Arc::new(SystemClock),
         global_webhooks: cfg.webhook.endpoints.clone(),
-        on_commit: None,
+        on_commit,
         attribute_prefix: cfg.inject.attribute_prefix.clone(),
     })
     .await
@@ -87,7 +119,12 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     println!("gc-assist serving on http://{addr}");
     tracing::info!(%addr, "serving");
     server::serve(state, listener, wait_for_stop()).await?;
-    eprintln!("stopping: flushing the store");
+    eprintln!("stopping: finishing webhook attempts in flight and flushing the store");
+    let _ = stop_tx.send(true);
+    if let Some(w) = worker {
+        w.join().await;
+    }
+    let _ = checkpointer.await;
     store.close().await.context("cannot close the store cleanly")?;
     if let Some(e) = emu {
         e.shutdown().await;
@@ -116,4 +153,32 @@ async fn wait_for_stop() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+/// Signs checkpoints for completed UTC days at start-up and a few seconds after each
+/// midnight, until `stop`. Failures are logged and retried at the next run: the chain
+/// itself is unaffected, and `gc-assist audit checkpoint` can catch up by hand.
+async fn checkpoint_daily(store: Store, key_file: PathBuf, anchor: PathBuf, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        match load_or_create_key(&key_file) {
+            Ok(key) => {
+                let today = chrono::Utc::now().date_naive();
+                match checkpoint_completed_days(&store, &key, &anchor, today).await {
+                    Ok(signed) if !signed.is_empty() => {
+                        tracing::info!(count = signed.len(), "audit checkpoints signed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit checkpoint run failed"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key_file = %key_file.display(), "cannot load the audit key; no checkpoints")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(until_next_checkpoint(chrono::Utc::now())) => {}
+            _ = &mut stop => return,
+        }
+    }
 }

@@ -543,17 +543,27 @@ async fn failed_participant_data_write_is_recorded_and_the_panel_still_shows() {
 }
 
 #[test]
-fn serve_binary_answers_and_stops_cleanly_on_sigterm() {
+fn serve_binary_delivers_webhooks_and_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
+    use gc_assist::webhook::{Receiver, ReceiverConfig, WebhookSecret};
+    use rand::SeedableRng;
+    use secrecy::ExposeSecret;
+
     let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let secret = WebhookSecret::generate(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let receiver = rt.block_on(Receiver::spawn(ReceiverConfig::new(vec![secret.clone()]))).unwrap();
     let cfg = dir.path().join("gc-assist.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[store]\npath = {:?}\n[server]\nchannels = [\"panel\"]\n[[server.api_keys]]\nid = \"t\"\nsha256 = \"{}\"\nrole = \"injector\"\n",
+            "[store]\npath = {:?}\n[audit]\nkey_file = {:?}\nanchor_file = {:?}\n[webhook]\nallow_private = [\"127.0.0.1/32\"]\nschedule_secs = [1]\n\
+             [server]\nchannels = [\"panel\"]\n[[server.api_keys]]\nid = \"t\"\nsha256 = \"{}\"\nrole = \"injector\"\n",
             dir.path().join("serve.db"),
+            dir.path().join("audit.key"),
+            dir.path().join("anchors.jsonl"),
             key_hash_hex(INJECTOR)
         ),
     )
@@ -561,6 +571,7 @@ fn serve_binary_answers_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(support::bin())
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(&cfg)
+        .env("GC_ASSIST__WEBHOOK__SECRET", secret.to_whsec().expose_secret())
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -573,10 +584,27 @@ fn serve_binary_answers_and_stops_cleanly_on_sigterm() {
             break rest.trim().to_string();
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let conv = "8a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-    let (st, b) = rt.block_on(post(&base, &payload(conv, 3, 500, 10_000, json!({})), None));
+    let body = payload(conv, 3, 500, 10_000, json!({"webhookUrl": receiver.url(), "contextData": {"ticket": 7}}));
+    let (st, b) = rt.block_on(post(&base, &body, None));
     assert_eq!(st, 201, "{b}");
+    // The worker, woken by the commit, delivers the signed INJECTED event.
+    let delivery = rt.block_on(async {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(d) = receiver.deliveries().into_iter().next() {
+                return d;
+            }
+            assert!(Instant::now() < until, "no webhook delivered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let event: Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(event["eventType"], "AGENT_ASSIST_PROMPT_INJECTED");
+    assert_eq!(event["injectionId"], b["injectionId"]);
+    assert_eq!(event["context"], json!({"ticket": 7}));
+    assert_eq!(event["alignmentStatus"], "SYNCED");
+
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
