@@ -399,6 +399,15 @@ impl Service {
 
     /// Candidates waiting for a slot, over all conversations (ledgers busy right now are
     /// skipped rather than waited for: this is a gauge).
+    /// Live injections by status (armed, scheduled, queued, delivered).
+    pub fn live_counts(&self) -> HashMap<InjectionStatus, usize> {
+        let mut out = HashMap::new();
+        for r in self.live().values() {
+            *out.entry(r.status).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn queue_depth(&self) -> usize {
         let ledgers: Vec<ConvLedger> = self.ledgers().values().cloned().collect();
         ledgers.iter().filter_map(|l| l.try_lock().ok().map(|l| l.queued().count())).sum()
@@ -1018,7 +1027,10 @@ impl Service {
             let mut u = InjectionUpdate::new(row.id, row.status, InjectionStatus::Expired, now, d);
             u.outbox = self.outbox(&row, EVENT_EXPIRED, 0, now);
             self.live().insert(row.id, row.clone());
-            let _ = self.commit_update(row, u).await;
+            if let Ok(row) = self.commit_update(row, u).await {
+                // Participant data still says "shown": mark it.
+                self.deliver(Delivery::Remove { row: Box::new(row), status: "expired" });
+            }
         }
         let mut order: Vec<InjectionRow> = set.shown;
         order.extend(set.pending.iter().filter(|r| r.status == InjectionStatus::Scheduled).cloned());
@@ -1036,6 +1048,13 @@ impl Service {
                 InjectionStatus::Delivered => {
                     c.delay_ms = 0;
                     c.auto_dismiss_ms = ms_u64(row.expires_at.unwrap_or(now).saturating_sub(now));
+                    // A panel reconnecting after the restart finds it on its stream again.
+                    if self.inner.channels.panel {
+                        let shown = rfc3339(row.show_at.unwrap_or(row.updated_at));
+                        let expires = rfc3339(row.expires_at.unwrap_or(now));
+                        let data = PanelHub::prompt_data(row.id, &row.content, &shown, &expires);
+                        self.inner.panel.publish(row.conversation_id, "prompt", data);
+                    }
                 }
                 InjectionStatus::Scheduled => {
                     c.delay_ms = ms_u64(row.show_at.unwrap_or(now).saturating_sub(now));

@@ -37,6 +37,11 @@ pub async fn render(State(st): State<AppState>) -> Response {
             let _ = writeln!(out, "gc_assist_injection_transitions_total{{status=\"{s}\"}} {n}");
         }
     }
+    let live = svc.live_counts();
+    let _ = writeln!(out, "# HELP gc_assist_injections Live injections, by status.\n# TYPE gc_assist_injections gauge");
+    for s in InjectionStatus::ALL.into_iter().filter(|s| s.is_live()) {
+        let _ = writeln!(out, "gc_assist_injections{{status=\"{s}\"}} {}", live.get(&s).copied().unwrap_or(0));
+    }
     histogram(
         &mut out,
         "gc_assist_admit_latency_seconds",

@@ -438,6 +438,7 @@ async fn ops_routes_and_openapi_match_the_router() {
         "gc_assist_injection_transitions_total{status=\"scheduled\"} 1",
         "gc_assist_admit_latency_seconds_count 1",
         "gc_assist_queue_depth 0",
+        "gc_assist_injections{status=\"scheduled\"} 1",
         "gc_assist_outbox_pending",
         "gc_assist_genesys_429_total",
     ] {
@@ -483,6 +484,17 @@ async fn restart_resumes_scheduled_and_queued_prompts() {
     // The first keeps its show time (3 s after it was accepted), the second still waits.
     wait_status(&svc.base, &a, "delivered", Duration::from_secs(4)).await;
     assert_eq!(status_of(&svc.base, &b).await, "queued");
+    svc.stop().await;
+
+    // Restarted again while the first is on screen: it keeps its slot, and the panel
+    // stream offers it again to a panel that reconnects.
+    let svc = start(dir.path(), &emu, 65536).await;
+    let mut sse = open_stream(&svc.base, &conv, None).await;
+    let mut buf = String::new();
+    let (ev, _, data) = next_event(&mut sse, &mut buf, Duration::from_secs(2)).await.expect("republished prompt");
+    assert_eq!((ev.as_str(), data["injectionId"].as_str()), ("prompt", Some(a.as_str())));
+    assert_eq!(status_of(&svc.base, &a).await, "delivered");
+    assert_eq!(status_of(&svc.base, &b).await, "queued");
     // The recovered ledger still holds the slot: freeing it promotes the queued one.
     let r = reqwest::Client::new()
         .delete(format!("{}/v1/prompt-injections/{a}", svc.base))
@@ -492,6 +504,7 @@ async fn restart_resumes_scheduled_and_queued_prompts() {
         .unwrap();
     assert_eq!(r.status(), 200);
     wait_status(&svc.base, &b, "delivered", Duration::from_secs(3)).await;
+    drop(sse);
     svc.stop().await;
 }
 
