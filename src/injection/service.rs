@@ -1373,6 +1373,42 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn timer_effects_time_out_the_queue_expire_and_promote() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec!["https://kb.example.com/h".into()]).await;
+        let conv = Uuid::now_v7();
+        let a = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        let short = svc.accept(payload(conv, 1, json!({"queueTimeoutMs": 1000})), meta()).await.unwrap();
+        let long = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        // The manual clock drives the ledger; the test ticks the conversation as the timer would.
+        clock.advance(1_000);
+        svc.tick(conv).await;
+        let row = store.get_injection(short.injection_id).await.unwrap().unwrap().row;
+        assert_eq!(row.status, InjectionStatus::Failed);
+        assert!(row.last_error.unwrap().contains("queueTimeoutMs"));
+        assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Delivered);
+        // a expires at 500 + 10 000; the long waiter is promoted then, and shown 500 ms later.
+        clock.set(T0 + 10_500);
+        svc.tick(conv).await;
+        assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Expired);
+        assert_eq!(status(&store, long.injection_id).await, InjectionStatus::Scheduled);
+        clock.set(T0 + 11_000);
+        svc.tick(conv).await;
+        let row = store.get_injection(long.injection_id).await.unwrap().unwrap().row;
+        assert_eq!((row.status, row.show_at), (InjectionStatus::Delivered, Some(T0 + 11_000)));
+        let events: Vec<String> =
+            store.outbox_list(None, 100).await.unwrap().into_iter().map(|o| o.event_type).collect();
+        for e in [EVENT_FAILED, EVENT_EXPIRED] {
+            assert_eq!(events.iter().filter(|x| *x == e).count(), 1, "{e} in {events:?}");
+        }
+        let kinds: Vec<&str> = svc.panel().subscribe(conv, None).backlog.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["prompt", "remove", "prompt"]);
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
     #[test]
     fn channel_names() {
         let c = Channels::from_names(&["panel".into(), "participant-data".into()]).unwrap();

@@ -104,3 +104,49 @@ pub fn authorize<'k>(keys: &'k [ApiKey], headers: &HeaderMap, needed: Role) -> R
     }
     Ok(k)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn cfg(id: &str, key: &str, role: &str) -> ApiKeyConfig {
+        ApiKeyConfig { id: id.into(), sha256: key_hash_hex(key), role: role.into() }
+    }
+
+    #[test]
+    fn keys_roles_and_headers() {
+        let keys = keys_from_config(&[cfg("inj", "k1", "injector"), cfg("adm", "k2", "admin")]).unwrap();
+        // (Authorization header, role needed, expected: Ok(key id) or Err(status))
+        let table: &[(Option<&str>, Role, Result<&str, u16>)] = &[
+            (Some("Bearer k1"), Role::Injector, Ok("inj")),
+            (Some("Bearer k2"), Role::Injector, Ok("adm")),
+            (Some("Bearer k2"), Role::Admin, Ok("adm")),
+            (Some("Bearer k1"), Role::Admin, Err(403)),
+            (Some("Bearer k3"), Role::Injector, Err(401)),
+            (Some("Basic k1"), Role::Injector, Err(401)),
+            (Some("k1"), Role::Injector, Err(401)),
+            (None, Role::Injector, Err(401)),
+        ];
+        for (i, (h, role, want)) in table.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = h {
+                headers.insert(header::AUTHORIZATION, HeaderValue::from_str(h).unwrap());
+            }
+            let got = authorize(&keys, &headers, *role).map(|k| k.id.as_str()).map_err(|e| e.status.as_u16());
+            assert_eq!(got, *want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn bad_key_config_says_what_to_fix() {
+        let mut bad = cfg("x", "k", "injector");
+        bad.sha256 = "abc".into();
+        assert!(keys_from_config(&[bad]).unwrap_err().to_string().contains("64 hex"));
+        let e = keys_from_config(&[cfg("x", "k", "root")]).unwrap_err().to_string();
+        assert!(e.contains("injector") && e.contains("admin"), "{e}");
+        // The key itself never appears in Debug output.
+        let keys = keys_from_config(&[cfg("x", "secret-key", "admin")]).unwrap();
+        assert!(!format!("{keys:?}").contains(&key_hash_hex("secret-key")));
+    }
+}
