@@ -90,6 +90,20 @@ impl PanelHub {
         Subscription { backlog, live: s.tx.subscribe() }
     }
 
+    /// Drops a conversation's stream (it ended); its subscribers' feeds close.
+    pub fn forget(&self, conversation_id: Uuid) {
+        self.convs.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation_id);
+    }
+
+    /// Conversations with a stream (a gauge of memory held).
+    pub fn len(&self) -> usize {
+        self.convs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The shown-prompt event (`prompt`).
     pub fn prompt_data(
         injection_id: Uuid,

@@ -1011,6 +1011,11 @@ impl Service {
                 n += 1;
             }
         }
+        // Nothing left to show on this conversation: its panel stream can go (a connected
+        // panel sees its stream end).
+        if !self.live().values().any(|r| r.conversation_id == conversation_id) {
+            self.inner.panel.forget(conversation_id);
+        }
         self.release_ledger(conversation_id, &ledger, guard);
         Ok(n)
     }
@@ -1332,6 +1337,14 @@ mod tests {
         let last = store.get_injection(armed.injection_id).await.unwrap().unwrap().timeline.pop().unwrap();
         assert_eq!(last.reason.as_deref(), Some("conversation_ended"));
         assert!(matches!(svc.fire(armed.injection_id, "t").await, Err(ServiceError::WrongState { .. })));
+        // The panel stream goes once nothing is left on the conversation.
+        let _sub = svc.panel().subscribe(conv, None);
+        svc.conversation_ended(conv).await.unwrap();
+        assert_eq!(svc.panel().len(), 1, "a scheduled prompt is still live");
+        assert_eq!(svc.cancel(plain.injection_id, "t").await.unwrap(), InjectionStatus::Withdrawn);
+        assert_eq!(svc.conversation_ended(conv).await.unwrap(), 0);
+        assert!(svc.panel().is_empty());
+        assert!(svc.ledgers().is_empty(), "no ledger is kept for a finished conversation");
         svc.shutdown();
         store.close().await.unwrap();
     }

@@ -50,6 +50,7 @@ fn row_json(r: &InjectionRow) -> Value {
         "queueDeadline": opt_time(r.queue_deadline),
         "updatedAt": opt_time(Some(r.updated_at)),
         "lastError": r.last_error,
+        "payload": r.payload.to_json(),
     })
 }
 

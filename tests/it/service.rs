@@ -49,6 +49,10 @@ fn client_for(emu: &Emulator) -> GenesysClient {
 }
 
 async fn start(dir: &Path, emu: &Emulator, max_body: usize) -> Running {
+    start_with(dir, emu, |c| c.max_body_bytes = max_body).await
+}
+
+async fn start_with(dir: &Path, emu: &Emulator, tune: impl FnOnce(&mut gc_assist::config::ServerConfig)) -> Running {
     let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.unwrap();
     let service = Service::start(ServiceDeps {
         store: store.clone(),
@@ -63,11 +67,11 @@ async fn start(dir: &Path, emu: &Emulator, max_body: usize) -> Running {
     .await
     .unwrap();
     let mut cfg = Config::defaults().server;
-    cfg.max_body_bytes = max_body;
     cfg.api_keys = vec![
         ApiKeyConfig { id: "injector".into(), sha256: key_hash_hex(INJECTOR), role: "injector".into() },
         ApiKeyConfig { id: "admin".into(), sha256: key_hash_hex(ADMIN), role: "admin".into() },
     ];
+    tune(&mut cfg);
     let state = AppState::new(service, &cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -627,4 +631,42 @@ fn serve_binary_delivers_webhooks_and_stops_cleanly_on_sigterm() {
     let id = uuid::Uuid::parse_str(b["injectionId"].as_str().unwrap()).unwrap();
     assert!(rt.block_on(store.get_injection(id)).unwrap().is_some());
     rt.block_on(store.close()).unwrap();
+}
+
+#[tokio::test]
+async fn sheds_load_with_429_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let svc = start_with(dir.path(), &emu, |c| c.shed_queue_depth = 1).await;
+    let mut shed = None;
+    for _ in 0..20 {
+        let posts = (0..20).map(|_| {
+            let conv = uuid::Uuid::now_v7().to_string();
+            let base = svc.base.clone();
+            async move {
+                reqwest::Client::new()
+                    .post(format!("{base}/v1/prompt-injections"))
+                    .bearer_auth(INJECTOR)
+                    .json(&payload(&conv, 3, 500, 10_000, json!({})))
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        });
+        for r in futures::future::join_all(posts).await {
+            match r.status().as_u16() {
+                201 => {}
+                429 => shed = Some(r),
+                other => panic!("unexpected {other}"),
+            }
+        }
+        if shed.is_some() {
+            break;
+        }
+    }
+    let r = shed.expect("with one write allowed in flight, concurrent requests are shed");
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!((b["error"].as_str(), b["retryAfterMs"].as_u64()), (Some("overloaded"), Some(1000)));
+    svc.stop().await;
 }
