@@ -9,6 +9,25 @@
 //! ones. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` need no key (operators and
 //! scrapers call them on a private port). Load is shed (429 + `Retry-After`) when the
 //! service's store writes in flight reach `server.shed_queue_depth`.
+//!
+//! # Error answers
+//!
+//! | status | `error` | when |
+//! |---|---|---|
+//! | 400 | `invalid_json`, `invalid_encoding`, `invalid_idempotency_key` | not JSON, not UTF-8, a bad `Idempotency-Key` |
+//! | 401 | `unauthorized` | no, malformed or unknown `Authorization: Bearer` key |
+//! | 403 | `forbidden` | an injector key on an admin route (`.../fire`) |
+//! | 404 | `not_found` | unknown or malformed id, unknown route |
+//! | 405 | `method_not_allowed` | a known route with another method |
+//! | 409 | `capacity` (+ `retryAfterMs`), `invalid_state`, `idempotency_conflict` | no slot and `onCapacity: reject`; cancelling/firing an injection in the wrong state |
+//! | 413 | `payload_too_large` | body over `server.max_body_bytes` |
+//! | 415 | `unsupported_media_type` | not `application/json` |
+//! | 422 | `validation_failed` (+ `issues`), `unknown_prompt`, `idempotency_key_reused` | contract violations (every one), no content for `promptId`, a key reused with another body |
+//! | 429 | `overloaded` (+ `Retry-After`) | shedding load |
+//! | 503 | `shutting_down`, `unavailable`, `store_unavailable` | draining, or the store failed |
+//!
+//! Idempotency: only 201 answers are stored and replayed (24 h, per API key); a refused
+//! request (409, 422) can simply be sent again.
 
 pub mod auth;
 pub mod error;
