@@ -1,10 +1,184 @@
-//! `gc-assist serve` (being built).
+//! `gc-assist serve`: the prompt-injection service on a TCP port, until Ctrl-C or SIGTERM.
+//!
+//! Start-up: open the store (applying migrations), load the prompt catalogue (the store's
+//! table, else the catalogue file), build the Genesys client (or, with `--emulator`, start an
+//! embedded emulator and use it as the Genesys side), recover live injections, serve.
+//! Alongside: the webhook delivery worker (when `webhook.secret` is set; woken after every
+//! commit that adds outbox rows) and the daily audit checkpointer.
+//! Shutdown: stop accepting, finish in-flight requests, stop the timer, the worker and the
+//! checkpointer, close the store.
+
+use std::sync::Arc;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Ctx, Outcome};
+use crate::audit::ops::{checkpoint_completed_days, load_or_create_key, until_next_checkpoint};
+use crate::contract::Catalogue;
+use crate::emulator::{self, EmulatorConfig};
+use crate::genesys::{region, ClientSettings, GenesysClient};
+use crate::injection::service::{Channels, OnCommit, Service, ServiceDeps};
+use crate::server::{self, AppState};
+use crate::store::{Store, StoreOptions, SystemClock};
+use crate::webhook::worker::{Worker, WorkerSettings};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address to listen on [default: server.bind].
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Use an embedded Genesys Cloud emulator as the Genesys side (its URL is printed).
+    #[arg(long)]
+    pub emulator: bool,
+}
 
-pub async fn run(_args: Args, _ctx: &Ctx) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`gc-assist serve` is not built yet")
+pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let loaded = ctx.load_config()?;
+    let cfg = &loaded.config;
+    let channels = Channels::from_names(&cfg.server.channels)?;
+    if cfg.server.api_keys.is_empty() {
+        eprintln!("warning: no server.api_keys configured; every API call will be refused (401). Create one with `gc-assist keys new --id NAME`");
+    }
+    let store = Store::open(&cfg.store.path, StoreOptions::default())
+        .await
+        .with_context(|| format!("cannot open the store {}", cfg.store.path.display()))?;
+    let mut catalogue = None;
+    let entries = store.prompts_all().await.context("cannot read the prompt catalogue from the store")?;
+    if !entries.is_empty() {
+        catalogue = Some(Catalogue::from_entries(entries));
+    } else if cfg.catalogue.path.exists() {
+        catalogue = Some(
+            Catalogue::load(&cfg.catalogue.path)
+                .with_context(|| format!("cannot load the prompt catalogue {}", cfg.catalogue.path.display()))?,
+        );
+    }
+
+    let mut emu = None;
+    let genesys = if args.emulator {
+        let e = emulator::spawn(EmulatorConfig::default()).await.context("cannot start the embedded emulator")?;
+        let hosts = region::resolve(&e.base_url())?;
+        let mut settings = ClientSettings::from_config(&cfg.genesys, hosts);
+        settings.client_id = e.client_id().to_string();
+        settings.client_secret = SecretString::from(e.client_secret().to_string());
+        println!("emulator at {}", e.base_url());
+        let client = GenesysClient::new(settings)?;
+        emu = Some(e);
+        Some(client)
+    } else if channels.participant_data {
+        Some(GenesysClient::new(ClientSettings::from_config(&cfg.genesys, loaded.hosts.clone()))?)
+    } else {
+        None
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let worker = if cfg.webhook.secret.expose_secret().trim().is_empty() {
+        eprintln!(
+            "warning: webhook.secret is not set; webhook messages are stored but not sent until it is (GC_ASSIST__WEBHOOK__SECRET=whsec_...)"
+        );
+        None
+    } else {
+        let settings = WorkerSettings::from_config(&cfg.webhook).context("invalid [webhook] settings")?;
+        Some(Worker::new(store.clone(), settings)?.spawn(stopped(stop_rx.clone())))
+    };
+    let on_commit: Option<OnCommit> = worker.as_ref().map(|w| {
+        let n = w.notifier();
+        Arc::new(move || n.notify()) as OnCommit
+    });
+    let checkpointer = tokio::spawn(checkpoint_daily(
+        store.clone(),
+        cfg.audit.key_file.clone(),
+        cfg.audit.anchor_file.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let service = Service::start(ServiceDeps {
+        store: store.clone(),
+        catalogue,
+        channels,
+        genesys,
+        clock: Arc::new(SystemClock),
+        global_webhooks: cfg.webhook.endpoints.clone(),
+        on_commit,
+        attribute_prefix: cfg.inject.attribute_prefix.clone(),
+    })
+    .await
+    .context("cannot start the injection service")?;
+    let state = AppState::new(service, &cfg.server)?;
+    let bind = args.bind.unwrap_or_else(|| cfg.server.bind.clone());
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}: pick a free address with --bind (e.g. 127.0.0.1:0)"))?;
+    let addr = listener.local_addr()?;
+    println!("gc-assist serving on http://{addr}");
+    tracing::info!(%addr, "serving");
+    server::serve(state, listener, wait_for_stop()).await?;
+    eprintln!("stopping: finishing webhook attempts in flight and flushing the store");
+    let _ = stop_tx.send(true);
+    if let Some(w) = worker {
+        w.join().await;
+    }
+    let _ = checkpointer.await;
+    store.close().await.context("cannot close the store cleanly")?;
+    if let Some(e) = emu {
+        e.shutdown().await;
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn wait_for_stop() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+/// Signs checkpoints for completed UTC days at start-up and a few seconds after each
+/// midnight, until `stop`. Failures are logged and retried at the next run: the chain
+/// itself is unaffected, and `gc-assist audit checkpoint` can catch up by hand.
+async fn checkpoint_daily(store: Store, key_file: PathBuf, anchor: PathBuf, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        match load_or_create_key(&key_file) {
+            Ok(key) => {
+                let today = chrono::Utc::now().date_naive();
+                match checkpoint_completed_days(&store, &key, &anchor, today).await {
+                    Ok(signed) if !signed.is_empty() => {
+                        tracing::info!(count = signed.len(), "audit checkpoints signed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit checkpoint run failed"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key_file = %key_file.display(), "cannot load the audit key; no checkpoints")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(until_next_checkpoint(chrono::Utc::now())) => {}
+            _ = &mut stop => return,
+        }
+    }
 }

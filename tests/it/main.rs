@@ -6,6 +6,7 @@ mod contract;
 mod emulator;
 mod genesys;
 mod inject;
+mod service;
 mod store;
 mod support;
 mod webhook;

@@ -1,0 +1,68 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, hand-written from [`ROUTES`]; a test
+//! checks that the router answers exactly these routes.
+
+use serde_json::{json, Map, Value};
+
+/// Every route: (method, path, summary, needs a key).
+pub const ROUTES: &[(&str, &str, &str, bool)] = &[
+    ("post", "/v1/prompt-injections", "Create a prompt injection", true),
+    ("post", "/api/v2/agent-assist/prompt-injections", "Create a prompt injection (the tutorial's path)", true),
+    ("get", "/v1/prompt-injections/{id}", "An injection's status and timeline", true),
+    ("delete", "/v1/prompt-injections/{id}", "Cancel (armed, queued) or withdraw (scheduled, shown)", true),
+    ("post", "/v1/prompt-injections/{id}/fire", "Fire an armed injection (admin)", true),
+    ("get", "/v1/conversations/{id}/prompts", "A conversation's active, queued and armed prompts", true),
+    ("get", "/v1/conversations/{id}/stream", "The panel channel as server-sent events (Last-Event-ID resumes)", true),
+    ("get", "/healthz", "The process is up", false),
+    ("get", "/readyz", "The store is writable and the server is not shutting down", false),
+    ("get", "/metrics", "Prometheus metrics", false),
+    ("get", "/openapi.json", "This document", false),
+];
+
+/// The document.
+pub fn document() -> Value {
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    let mut paths = Map::new();
+    for (method, path, summary, auth) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "default": { "description": "error", "content": { "application/json": { "schema": error } } }
+            }
+        });
+        if path.contains("{id}") {
+            op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
+        }
+        if *auth {
+            op["security"] = json!([{ "apiKey": [] }]);
+        }
+        if *method == "post" && path.ends_with("prompt-injections") {
+            op["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": crate::contract::json_schema() } }
+            });
+            op["parameters"] = json!([{ "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 255 } }]);
+        }
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "gc-assist", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": { "type": "string" },
+                        "message": { "type": "string" },
+                        "issues": { "type": "array" },
+                        "retryAfterMs": { "type": "integer" }
+                    }
+                }
+            }
+        }
+    })
+}
