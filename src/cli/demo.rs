@@ -1,7 +1,7 @@
 //! `gc-assist demo`: the tutorial's complete example, run for real against an embedded
 //! Genesys Cloud emulator, printing each step. Needs no Genesys org and no files.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use secrecy::SecretString;
@@ -162,6 +162,8 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         say(line);
     }
 
+    run_service_part(&mut s, &loaded.config, &emu, client.clone(), &payload).await?;
+
     let stats = emu.stats();
     println!(
         "\nDone in {} ms: {} token request(s), {} API calls, {} answered 429. Next: `gc-assist inject examples/injection.json --emulator`.",
@@ -172,4 +174,163 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     );
     emu.shutdown().await;
     Ok(Outcome::Ok)
+}
+
+/// The same tutorial payload through `gc-assist serve`'s stack: REST API, durable store,
+/// the agent's panel stream, signed webhooks to a local receiver, and the audit chain.
+async fn run_service_part(
+    s: &mut Steps,
+    base: &crate::config::Config,
+    emu: &crate::emulator::Emulator,
+    client: GenesysClient,
+    tutorial: &contract::ValidPayload,
+) -> anyhow::Result<()> {
+    use crate::audit::ops;
+    use crate::config::ApiKeyConfig;
+    use crate::server::key_hash_hex;
+    use crate::webhook::receiver::{Receiver, ReceiverConfig};
+    use crate::webhook::WebhookSecret;
+    use secrecy::ExposeSecret;
+
+    s.step("Start the service: SQLite store, webhook worker, audit checkpointer");
+    let dir = std::env::temp_dir().join(format!("gc-assist-demo-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("prompts.yaml"), EXAMPLE_CATALOGUE)?;
+    let secret = WebhookSecret::generate(&mut rand::rngs::OsRng);
+    let receiver = Receiver::spawn(ReceiverConfig::new(vec![secret.clone()])).await?;
+    let injector_key = Uuid::new_v4().simple().to_string();
+    let admin_key = Uuid::new_v4().simple().to_string();
+    let mut cfg = base.clone();
+    cfg.store.path = dir.join("gc-assist.db");
+    cfg.catalogue.path = dir.join("prompts.yaml");
+    cfg.audit.key_file = dir.join("audit.key");
+    cfg.audit.anchor_file = dir.join("audit-anchors.jsonl");
+    cfg.server.api_keys = vec![
+        ApiKeyConfig {
+            id: "demo-knowledge-system".into(),
+            sha256: key_hash_hex(&injector_key),
+            role: "injector".into(),
+        },
+        ApiKeyConfig { id: "demo-admin".into(), sha256: key_hash_hex(&admin_key), role: "admin".into() },
+    ];
+    cfg.webhook.secret = SecretString::from(secret.to_whsec().expose_secret().to_string());
+    cfg.webhook.allow_private = vec!["127.0.0.1/32".into()];
+    cfg.webhook.schedule_secs = vec![1, 2, 5];
+    let stack = super::serve::Stack::start(&cfg, Some(client), "127.0.0.1:0").await?;
+    let api = format!("http://{}", stack.addr);
+    say(format!("API at {api}; state in {}", dir.display()));
+    say(format!("webhook receiver at {} (verifies Standard Webhooks signatures)", receiver.url()));
+
+    let call = emu.calls().into_iter().find(|c| c.scenario == "billing_refund").context("no billing call loaded")?;
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        http.post(format!("{api}/v1/prompt-injections")).bearer_auth(&injector_key).json(&body).send()
+    };
+
+    s.step("POST the tutorial's payload: it carries trigger conditions, so it is armed");
+    let mut body = tutorial.to_json();
+    body["conversationId"] = serde_json::json!(call.conversation_id);
+    body["webhookUrl"] = serde_json::json!(receiver.url());
+    let armed: serde_json::Value = post(body.clone()).await?.error_for_status()?.json().await?;
+    let armed_id = armed["injectionId"].as_str().unwrap_or_default().to_string();
+    say(format!("201 {} (accepted in {} ms)", armed["status"], armed["latencyMs"]));
+
+    s.step("Watch the agent's panel stream while a prompt without conditions arrives");
+    let mut stream = http
+        .get(format!("{api}/v1/conversations/{}/stream", call.conversation_id))
+        .bearer_auth(&injector_key)
+        .send()
+        .await?
+        .error_for_status()?;
+    body["triggerConditions"] = serde_json::json!([]);
+    body["promptId"] = serde_json::json!("6f1c2a3b-4d5e-4f60-8a71-92b3c4d5e6f7");
+    let sent_at = Instant::now();
+    let now: serde_json::Value = post(body).await?.error_for_status()?.json().await?;
+    say(format!("201 {}; the panel receives it after delayMs:", now["status"]));
+    let mut buf = String::new();
+    let shown = next_prompt_event(&mut stream, &mut buf).await?;
+    say(format!("  +{} ms  prompt \"{}\"", sent_at.elapsed().as_millis(), shown["title"].as_str().unwrap_or("?")));
+
+    s.step("The conditions hold (the trigger engine fires it): the armed prompt is admitted");
+    let fired: serde_json::Value = http
+        .post(format!("{api}/v1/prompt-injections/{armed_id}/fire"))
+        .bearer_auth(&admin_key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    say(format!("fire → {}", fired["status"]));
+    let shown = next_prompt_event(&mut stream, &mut buf).await?;
+    say(format!("  panel: prompt \"{}\"", shown["title"].as_str().unwrap_or("?")));
+    let detail: serde_json::Value = http
+        .get(format!("{api}/v1/prompt-injections/{armed_id}"))
+        .bearer_auth(&injector_key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let steps: Vec<String> = detail["timeline"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|r| r["status"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    say(format!("timeline: {}", steps.join(" → ")));
+
+    s.step("Signed webhooks reach the knowledge system");
+    receiver.wait_for(Duration::from_secs(10), |d| d.len() >= 2).await;
+    let got = receiver.deliveries();
+    for d in &got {
+        say(format!(
+            "{} {} (signature verified, {} attempt(s))",
+            d.id,
+            d.event_type.clone().unwrap_or_default(),
+            d.attempts
+        ));
+    }
+    if got.len() < 2 || !receiver.rejected().is_empty() {
+        anyhow::bail!("expected 2 verified webhooks, got {} ({} rejected)", got.len(), receiver.rejected().len());
+    }
+
+    s.step("Stop the service and verify the audit chain");
+    stack.stop().await?;
+    let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
+    let key = ops::load_or_create_key(&cfg.audit.key_file)?;
+    let report = ops::verify(&store, Some(&cfg.audit.anchor_file), &[key.public()]).await?;
+    store.close().await?;
+    say(format!("{}", report.verdict));
+    if !report.verdict.is_valid() {
+        anyhow::bail!("the audit chain did not verify: {}", report.verdict);
+    }
+    let own = dir.join("gc-assist.toml");
+    let text = format!(
+        "# The demo's state, for `gc-assist --config {}` (audit verify, audit export, outbox list).\n\
+         [store]\npath = {:?}\n\n[audit]\nkey_file = {:?}\nanchor_file = {:?}\n",
+        own.display(),
+        cfg.store.path,
+        cfg.audit.key_file,
+        cfg.audit.anchor_file
+    );
+    std::fs::write(&own, text)?;
+    say(format!("check it yourself: gc-assist --config {} audit verify", own.display()));
+    receiver.shutdown().await;
+    Ok(())
+}
+
+/// Read the SSE stream until the next `prompt` event; its data as JSON.
+async fn next_prompt_event(resp: &mut reqwest::Response, buf: &mut String) -> anyhow::Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.lines().any(|l| l == "event: prompt") {
+                let data = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect::<Vec<_>>().join("\n");
+                return Ok(serde_json::from_str(&data)?);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .context("no prompt reached the panel stream within 10 s")??
+            .context("the panel stream ended")?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }

@@ -18,13 +18,14 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Ctx, Outcome};
 use crate::audit::ops::{checkpoint_completed_days, load_or_create_key, until_next_checkpoint};
+use crate::config::Config;
 use crate::contract::Catalogue;
 use crate::emulator::{self, EmulatorConfig};
 use crate::genesys::{region, ClientSettings, GenesysClient};
 use crate::injection::service::{Channels, OnCommit, Service, ServiceDeps};
 use crate::server::{self, AppState};
 use crate::store::{Store, StoreOptions, SystemClock};
-use crate::webhook::worker::{Worker, WorkerSettings};
+use crate::webhook::worker::{Worker, WorkerHandle, WorkerSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,20 +44,6 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     if cfg.server.api_keys.is_empty() {
         eprintln!("warning: no server.api_keys configured; every API call will be refused (401). Create one with `gc-assist keys new --id NAME`");
     }
-    let store = Store::open(&cfg.store.path, StoreOptions::default())
-        .await
-        .with_context(|| format!("cannot open the store {}", cfg.store.path.display()))?;
-    let mut catalogue = None;
-    let entries = store.prompts_all().await.context("cannot read the prompt catalogue from the store")?;
-    if !entries.is_empty() {
-        catalogue = Some(Catalogue::from_entries(entries));
-    } else if cfg.catalogue.path.exists() {
-        catalogue = Some(
-            Catalogue::load(&cfg.catalogue.path)
-                .with_context(|| format!("cannot load the prompt catalogue {}", cfg.catalogue.path.display()))?,
-        );
-    }
-
     let mut emu = None;
     let genesys = if args.emulator {
         let e = emulator::spawn(EmulatorConfig::default()).await.context("cannot start the embedded emulator")?;
@@ -73,63 +60,114 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     } else {
         None
     };
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let worker = if cfg.webhook.secret.expose_secret().trim().is_empty() {
-        eprintln!(
-            "warning: webhook.secret is not set; webhook messages are stored but not sent until it is (GC_ASSIST__WEBHOOK__SECRET=whsec_...)"
-        );
-        None
-    } else {
-        let settings = WorkerSettings::from_config(&cfg.webhook).context("invalid [webhook] settings")?;
-        Some(Worker::new(store.clone(), settings)?.spawn(stopped(stop_rx.clone())))
-    };
-    let on_commit: Option<OnCommit> = worker.as_ref().map(|w| {
-        let n = w.notifier();
-        Arc::new(move || n.notify()) as OnCommit
-    });
-    let checkpointer = tokio::spawn(checkpoint_daily(
-        store.clone(),
-        cfg.audit.key_file.clone(),
-        cfg.audit.anchor_file.clone(),
-        stopped(stop_rx.clone()),
-    ));
-
-    let service = Service::start(ServiceDeps {
-        store: store.clone(),
-        catalogue,
-        channels,
-        genesys,
-        clock: Arc::new(SystemClock),
-        global_webhooks: cfg.webhook.endpoints.clone(),
-        on_commit,
-        attribute_prefix: cfg.inject.attribute_prefix.clone(),
-    })
-    .await
-    .context("cannot start the injection service")?;
-    let state = AppState::new(service, &cfg.server)?;
     let bind = args.bind.unwrap_or_else(|| cfg.server.bind.clone());
-    let listener = tokio::net::TcpListener::bind(&bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind}: pick a free address with --bind (e.g. 127.0.0.1:0)"))?;
-    let addr = listener.local_addr()?;
-    println!("gc-assist serving on http://{addr}");
-    tracing::info!(%addr, "serving");
-    server::serve(state, listener, wait_for_stop()).await?;
+    let stack = Stack::start(cfg, genesys, &bind).await?;
+    println!("gc-assist serving on http://{}", stack.addr);
+    wait_for_stop().await;
     eprintln!("stopping: finishing webhook attempts in flight and flushing the store");
-    let _ = stop_tx.send(true);
-    if let Some(w) = worker {
-        w.join().await;
-    }
-    let _ = checkpointer.await;
-    store.close().await.context("cannot close the store cleanly")?;
+    stack.stop().await?;
     if let Some(e) = emu {
         e.shutdown().await;
     }
     Ok(Outcome::Ok)
+}
+
+/// Everything `serve` runs: the store, the service and its HTTP API, the webhook worker
+/// and the daily audit checkpointer. The demo starts the same stack.
+pub struct Stack {
+    /// Where the HTTP API listens.
+    pub addr: std::net::SocketAddr,
+    pub store: Store,
+    /// Stops the HTTP server first (in-flight requests finish and commit their outbox
+    /// rows), then `stop_tx` stops the worker and the checkpointer.
+    stop_server_tx: tokio::sync::watch::Sender<bool>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    worker: Option<WorkerHandle>,
+    checkpointer: tokio::task::JoinHandle<()>,
+}
+
+impl Stack {
+    /// Open the store, recover, and start serving on `bind`. `genesys` is the Genesys side
+    /// for the participant-data channel (None when that channel is off).
+    pub async fn start(cfg: &Config, genesys: Option<GenesysClient>, bind: &str) -> anyhow::Result<Stack> {
+        let channels = Channels::from_names(&cfg.server.channels)?;
+        let store = Store::open(&cfg.store.path, StoreOptions::default())
+            .await
+            .with_context(|| format!("cannot open the store {}", cfg.store.path.display()))?;
+        let mut catalogue = None;
+        let entries = store.prompts_all().await.context("cannot read the prompt catalogue from the store")?;
+        if !entries.is_empty() {
+            catalogue = Some(Catalogue::from_entries(entries));
+        } else if cfg.catalogue.path.exists() {
+            catalogue = Some(
+                Catalogue::load(&cfg.catalogue.path)
+                    .with_context(|| format!("cannot load the prompt catalogue {}", cfg.catalogue.path.display()))?,
+            );
+        }
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let worker = if cfg.webhook.secret.expose_secret().trim().is_empty() {
+            eprintln!(
+                "warning: webhook.secret is not set; webhook messages are stored but not sent until it is (GC_ASSIST__WEBHOOK__SECRET=whsec_...)"
+            );
+            None
+        } else {
+            let settings = WorkerSettings::from_config(&cfg.webhook).context("invalid [webhook] settings")?;
+            Some(Worker::new(store.clone(), settings)?.spawn(stopped(stop_rx.clone())))
+        };
+        let on_commit: Option<OnCommit> = worker.as_ref().map(|w| {
+            let n = w.notifier();
+            Arc::new(move || n.notify()) as OnCommit
+        });
+        let checkpointer = tokio::spawn(checkpoint_daily(
+            store.clone(),
+            cfg.audit.key_file.clone(),
+            cfg.audit.anchor_file.clone(),
+            stopped(stop_rx.clone()),
+        ));
+
+        let service = Service::start(ServiceDeps {
+            store: store.clone(),
+            catalogue,
+            channels,
+            genesys,
+            clock: Arc::new(SystemClock),
+            global_webhooks: cfg.webhook.endpoints.clone(),
+            on_commit,
+            attribute_prefix: cfg.inject.attribute_prefix.clone(),
+        })
+        .await
+        .context("cannot start the injection service")?;
+        let state = AppState::new(service, &cfg.server)?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}: pick a free address with --bind (e.g. 127.0.0.1:0)"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving");
+        let (stop_server_tx, stop_server_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(async move {
+            server::serve(state, listener, stopped(stop_server_rx)).await?;
+            Ok(())
+        });
+        Ok(Stack { addr, store, stop_server_tx, stop_tx, server, worker, checkpointer })
+    }
+
+    /// Stop accepting, finish in-flight requests and webhook attempts, flush the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_server_tx.send(true);
+        self.server.await.context("the HTTP server task failed")??;
+        let _ = self.stop_tx.send(true);
+        if let Some(w) = self.worker {
+            w.join().await;
+        }
+        let _ = self.checkpointer.await;
+        self.store.close().await.context("cannot close the store cleanly")?;
+        Ok(())
+    }
 }
 
 async fn wait_for_stop() {

@@ -226,6 +226,11 @@ fn demo_runs_the_tutorial_end_to_end() {
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }
+    // The printed command really verifies the demo's audit trail.
+    let line = text.lines().find(|l| l.contains("check it yourself: gc-assist --config ")).expect("verify hint");
+    let config = line.split("--config ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let out = support::run(&["--config", config, "audit", "verify"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", support::stdout(&out), support::stderr(&out));
 }
 
 #[test]

@@ -670,3 +670,105 @@ async fn sheds_load_with_429_and_retry_after() {
     assert_eq!((b["error"].as_str(), b["retryAfterMs"].as_u64()), (Some("overloaded"), Some(1000)));
     svc.stop().await;
 }
+
+/// Runs the real binary off the async runtime (it blocks until the command ends).
+async fn run_cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::run(&refs, &[])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_through_the_service_one_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let call = emu.create_conversation(NewConversation::default());
+    let svc = start(dir.path(), &emu, 65536).await;
+    let file = dir.path().join("p.json");
+    std::fs::write(&file, payload(&call.conversation_id, 2, 500, 10000, json!({})).to_string()).unwrap();
+    let f = file.to_string_lossy().to_string();
+    let args = |key: &str| -> Vec<String> {
+        ["inject", &f, "--server", &svc.base, "--api-key", key, "--idempotency-key", "one"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+
+    let out = run_cli(args(INJECTOR)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["status"], "scheduled");
+    let id = body["injectionId"].as_str().unwrap().to_string();
+    // The same Idempotency-Key through the CLI answers the first injection again.
+    let again: Value = serde_json::from_slice(&run_cli(args(INJECTOR)).await.stdout).unwrap();
+    assert_eq!(again["injectionId"], id.as_str());
+
+    let out = run_cli(args("wrong-key")).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(support::stderr(&out).contains("401"), "{}", support::stderr(&out));
+
+    std::fs::write(&file, payload(&call.conversation_id, 5, 100, 10000, json!({})).to_string()).unwrap();
+    let mut a = args(INJECTOR);
+    a[7] = "two".into();
+    let out = run_cli(a).await;
+    assert_eq!(out.status.code(), Some(1), "a 422 is a failed check");
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["issues"].as_array().map(Vec::len), Some(2), "{body}");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_batch_reports_a_summary_and_reruns_create_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let svc = start_with(dir.path(), &emu, |c| c.channels = vec!["panel".into()]).await;
+    let conversations: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let mut lines: Vec<String> = conversations
+        .iter()
+        .flat_map(|c| {
+            [payload(c, 3, 500, 10000, json!({})).to_string(), payload(c, 3, 500, 10000, json!({})).to_string()]
+        })
+        .collect();
+    lines.insert(5, "{\"conversationId\": 42}".into());
+    lines.insert(9, String::new());
+    let file = dir.path().join("batch.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let args: Vec<String> = [
+        "inject",
+        &file.to_string_lossy(),
+        "--server",
+        &svc.base,
+        "--api-key",
+        INJECTOR,
+        "--batch",
+        "--json",
+        "--concurrency",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    let out = run_cli(args.clone()).await;
+    assert_eq!(out.status.code(), Some(1), "one line is invalid: {}", support::stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["lines"], 21, "{summary}");
+    assert_eq!(summary["accepted"], 20, "{summary}");
+    assert_eq!(summary["refused"]["422"], 1, "{summary}");
+    assert_eq!(summary["failures"][0]["line"], 6, "{summary}");
+    assert!(summary["clientLatencyMs"]["p99"].as_f64().unwrap() > 0.0);
+
+    // Rerunning the same file (an operator retrying a half-sent batch) creates nothing twice.
+    let out = run_cli(args).await;
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["accepted"], 20, "{summary}");
+    for c in &conversations {
+        let (_, prompts) = get(&svc.base, &format!("/v1/conversations/{c}/prompts")).await;
+        let n = prompts.as_array().map(Vec::len).or_else(|| prompts["prompts"].as_array().map(Vec::len));
+        assert_eq!(n, Some(2), "conversation {c}: {prompts}");
+    }
+    svc.stop().await;
+}
