@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod contract;
+mod crash;
 mod emulator;
 mod genesys;
 mod inject;
