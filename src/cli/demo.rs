@@ -11,7 +11,7 @@ use super::{Ctx, Outcome};
 use crate::audit::Chain;
 use crate::contract::{self, Catalogue};
 use crate::emulator::{self, EmulatorConfig, NewConversation};
-use crate::genesys::{region, ClientSettings, GenesysClient};
+use crate::genesys::GenesysClient;
 use crate::injection::direct::{audit_draft, DirectError, DirectInjector, DirectOptions};
 use crate::injection::participant_data;
 
@@ -91,10 +91,7 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     s.step("Authenticate with OAuth client credentials");
     let conversation_id = payload.conversation_id().to_string();
     emu.create_conversation(NewConversation { conversation_id: Some(conversation_id.clone()), ..Default::default() });
-    let mut settings = ClientSettings::from_config(&loaded.config.genesys, region::resolve(&emu.base_url())?);
-    settings.client_id = emu.client_id().to_string();
-    settings.client_secret = SecretString::from(emu.client_secret().to_string());
-    let client = GenesysClient::new(settings)?;
+    let client = GenesysClient::new(super::emulator_settings(&loaded.config.genesys, &emu)?)?;
     let info = client.token_info().await.context("token check failed")?;
     say(format!(
         "token for OAuth client {:?} in org {:?}",

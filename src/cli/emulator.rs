@@ -91,7 +91,7 @@ pub async fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<Outcome> {
     );
     println!("Admin (loopback only): {base}/__emulator/{{conversations,agent-tokens,faults,stats,calls}}");
     println!("Press Ctrl-C to stop.");
-    wait_for_stop().await;
+    super::shutdown_signal().await;
     eprintln!("stopping the emulator");
     emu.shutdown().await;
     Ok(Outcome::Ok)
@@ -104,27 +104,4 @@ fn base_url(addr: SocketAddr) -> String {
     } else {
         format!("http://{addr}")
     }
-}
-
-async fn wait_for_stop() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }

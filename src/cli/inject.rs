@@ -15,7 +15,7 @@ use super::{Ctx, Outcome};
 use crate::audit::Chain;
 use crate::contract::{self, Catalogue, PromptContent, ValidPayload};
 use crate::emulator::{self, Emulator, EmulatorConfig, NewConversation};
-use crate::genesys::{region, ClientSettings, GenesysClient};
+use crate::genesys::{ClientSettings, GenesysClient};
 use crate::injection::direct::{audit_draft, Delivered, DirectError, DirectInjector, DirectOptions};
 
 #[derive(Debug, clap::Args)]
@@ -244,10 +244,7 @@ async fn emulator_client(
         emu.create_conversation(NewConversation { conversation_id: Some(conversation_id), ..Default::default() });
     }
     eprintln!("✔ emulator at {}", emu.base_url());
-    let hosts = region::resolve(&emu.base_url())?;
-    let mut settings = ClientSettings::from_config(&loaded.config.genesys, hosts);
-    settings.client_id = emu.client_id().to_string();
-    settings.client_secret = SecretString::from(emu.client_secret().to_string());
+    let mut settings = super::emulator_settings(&loaded.config.genesys, &emu)?;
     let faults = emu.faults();
     match fault {
         Some(Fault::BadCredentials) => settings.client_secret = SecretString::from("not-the-secret".to_string()),

@@ -145,6 +145,43 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Client settings that point the `[genesys]` configuration at an embedded emulator and
+/// its test credentials (demo, `inject --emulator`, `serve --emulator`).
+pub(crate) fn emulator_settings(
+    genesys: &config::GenesysConfig,
+    emu: &crate::emulator::Emulator,
+) -> anyhow::Result<crate::genesys::ClientSettings> {
+    let hosts = crate::genesys::region::resolve(&emu.base_url())?;
+    let mut settings = crate::genesys::ClientSettings::from_config(genesys, hosts);
+    settings.client_id = emu.client_id().to_string();
+    settings.client_secret = secrecy::SecretString::from(emu.client_secret().to_string());
+    Ok(settings)
+}
+
+/// Resolves on Ctrl-C or SIGTERM: how long-running commands learn to stop.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
 fn init_tracing(verbose: u8, long_running: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;

@@ -14,14 +14,14 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::{Ctx, Outcome};
 use crate::audit::ops::{checkpoint_completed_days, load_or_create_key, until_next_checkpoint};
 use crate::config::Config;
 use crate::contract::Catalogue;
 use crate::emulator::{self, EmulatorConfig};
-use crate::genesys::{region, ClientSettings, GenesysClient};
+use crate::genesys::{ClientSettings, GenesysClient};
 use crate::injection::service::{Channels, OnCommit, Service, ServiceDeps};
 use crate::server::{self, AppState};
 use crate::store::{Store, StoreOptions, SystemClock};
@@ -47,12 +47,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut emu = None;
     let genesys = if args.emulator {
         let e = emulator::spawn(EmulatorConfig::default()).await.context("cannot start the embedded emulator")?;
-        let hosts = region::resolve(&e.base_url())?;
-        let mut settings = ClientSettings::from_config(&cfg.genesys, hosts);
-        settings.client_id = e.client_id().to_string();
-        settings.client_secret = SecretString::from(e.client_secret().to_string());
         println!("emulator at {}", e.base_url());
-        let client = GenesysClient::new(settings)?;
+        let client = GenesysClient::new(super::emulator_settings(&cfg.genesys, &e)?)?;
         emu = Some(e);
         Some(client)
     } else if channels.participant_data {
@@ -63,7 +59,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let bind = args.bind.unwrap_or_else(|| cfg.server.bind.clone());
     let stack = Stack::start(cfg, genesys, &bind).await?;
     println!("gc-assist serving on http://{}", stack.addr);
-    wait_for_stop().await;
+    super::shutdown_signal().await;
     eprintln!("stopping: finishing webhook attempts in flight and flushing the store");
     stack.stop().await?;
     if let Some(e) = emu {
@@ -168,29 +164,6 @@ impl Stack {
         self.store.close().await.context("cannot close the store cleanly")?;
         Ok(())
     }
-}
-
-async fn wait_for_stop() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 /// Signs checkpoints for completed UTC days at start-up and a few seconds after each
