@@ -28,12 +28,14 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 const KEY: &str = "bench-injector-key";
-/// A fresh conversation every this many requests: below `maxConcurrentPrompts`, so the
+/// A fresh conversation every this many requests: at most `maxConcurrentPrompts` (3), so the
 /// capacity ledger never refuses or queues.
 const PER_CONVERSATION: u64 = 3;
+/// Closed-loop clients; `SVCBENCH_CLIENTS` overrides, to see how group size moves the rate.
 const CLOSED_CLIENTS: usize = 64;
 const CLOSED_SECS: u64 = 3;
-const OPEN_RATE: u64 = 5_000;
+/// The goal's rate, then one the shared machine sustains, to separate queueing from cost.
+const OPEN_RATES: [u64; 2] = [5_000, 2_000];
 const OPEN_CLIENTS: u64 = 50;
 const OPEN_SECS: u64 = 5;
 /// Concurrent writers: the first as many as the HTTP clients, the second enough to fill
@@ -97,47 +99,67 @@ async fn http(rows: &mut Vec<Row>) {
 
     let svc_store = svc.store.clone().expect("the service has a store");
     let w0 = svc_store.stats();
-    let real = closed_loop(&client, &svc.url, CLOSED_CLIENTS, Duration::from_secs(CLOSED_SECS)).await;
+    let clients = std::env::var("SVCBENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(CLOSED_CLIENTS);
+    let real = closed_loop(&client, &svc.url, clients, Duration::from_secs(CLOSED_SECS)).await;
     let w1 = svc_store.stats();
-    let base = closed_loop(&client, &empty.url, CLOSED_CLIENTS, Duration::from_secs(CLOSED_SECS)).await;
+    let base = closed_loop(&client, &empty.url, clients, Duration::from_secs(CLOSED_SECS)).await;
     let tx = w1.transactions - w0.transactions;
     let batches = w1.batches - w0.batches;
     println!(
-        "closed loop: service {} ok / {} other in {:.2}s; store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
+        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each; store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
         real.ok,
         real.other,
         real.secs,
+        real.cpu / real.secs,
+        real.cpu * 1e6 / real.ok.max(1) as f64,
         tx,
         batches,
         batches as f64 / tx.max(1) as f64,
         batches as f64 / real.ok.max(1) as f64
     );
-    println!("closed loop: empty handler {} ok / {} other in {:.2}s", base.ok, base.other, base.secs);
+    print_live(&svc, "after the closed loop");
+    println!(
+        "closed loop: empty handler {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each",
+        base.ok,
+        base.other,
+        base.secs,
+        base.cpu / base.secs,
+        base.cpu * 1e6 / base.ok.max(1) as f64
+    );
     rows.push(Row {
-        what: format!("accepted injections/s, closed loop, {CLOSED_CLIENTS} keep-alive clients, {CLOSED_SECS} s"),
+        what: format!("accepted injections/s, closed loop, {clients} keep-alive clients, {CLOSED_SECS} s"),
         figure: format!("{:.0}/s", real.rate()),
         baseline: format!("empty axum 201 handler: {:.0}/s", base.rate()),
         ratio: format!("{:.2}x", real.rate() / base.rate().max(1e-9)),
     });
 
-    let lat = open_loop(&client, &svc.url).await;
-    let lat_base = open_loop(&client, &empty.url).await;
-    for (name, l) in [("service", &lat), ("empty handler", &lat_base)] {
-        println!(
-            "open loop {name}: {} sent, {} ok, {} shed (429), {} failed; achieved {:.0}/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-            l.sent, l.ok, l.shed, l.failed, l.achieved, l.p50, l.p99, l.max
-        );
+    svc.stop().await;
+
+    // Each rate against a fresh service, so no backlog of the previous part is counted.
+    for rate in OPEN_RATES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc = start_service(dir.path()).await;
+        closed_loop(&client, &svc.url, 16, Duration::from_millis(300)).await;
+        let lat = open_loop(&client, &svc.url, rate).await;
+        print_live(&svc, &format!("after the open loop at {rate}/s"));
+        svc.stop().await;
+        let lat_base = open_loop(&client, &empty.url, rate).await;
+        for (name, l) in [("service", &lat), ("empty handler", &lat_base)] {
+            println!(
+                "open loop {rate}/s {name}: {} sent, {} ok, {} shed (429), {} failed; achieved {:.0}/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+                l.sent, l.ok, l.shed, l.failed, l.achieved, l.p50, l.p99, l.max
+            );
+        }
+        rows.push(Row {
+            what: format!("admit latency at {rate}/s open loop, {OPEN_SECS} s: p50 / p99 / max"),
+            figure: format!("{:.2} / {:.2} / {:.2} ms", lat.p50, lat.p99, lat.max),
+            baseline: format!("empty handler: {:.2} / {:.2} / {:.2} ms", lat_base.p50, lat_base.p99, lat_base.max),
+            ratio: format!("p99 {:.1}x", lat.p99 / lat_base.p99.max(1e-9)),
+        });
     }
     if let Some(e) = FIRST_ERROR.get() {
         println!("first failed request: {e}");
     }
-    rows.push(Row {
-        what: format!("admit latency at {OPEN_RATE}/s open loop, {OPEN_SECS} s: p50 / p99 / max"),
-        figure: format!("{:.2} / {:.2} / {:.2} ms", lat.p50, lat.p99, lat.max),
-        baseline: format!("empty handler: {:.2} / {:.2} / {:.2} ms", lat_base.p50, lat_base.p99, lat_base.max),
-        ratio: format!("p99 {:.1}x", lat.p99 / lat_base.p99.max(1e-9)),
-    });
-    svc.stop().await;
     empty.stop().await;
 }
 
@@ -178,6 +200,7 @@ struct Running {
     url: String,
     /// The service's store; the baseline has none.
     store: Option<Store>,
+    service: Option<Service>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -210,7 +233,7 @@ async fn start_service(dir: &Path) -> Running {
     .expect("service");
     let mut cfg = Config::defaults().server;
     cfg.api_keys = vec![ApiKeyConfig { id: "bench".into(), sha256: key_hash_hex(KEY), role: "injector".into() }];
-    let state = AppState::new(service, &cfg).expect("state");
+    let state = AppState::new(service.clone(), &cfg).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1/prompt-injections", listener.local_addr().expect("addr"));
     let (stop, rx) = oneshot::channel::<()>();
@@ -220,7 +243,17 @@ async fn start_service(dir: &Path) -> Running {
         })
         .await;
     });
-    Running { url, store: Some(store), stop, task }
+    Running { url, store: Some(store), service: Some(service), stop, task }
+}
+
+/// Where the service's injections stand: how far the timer (showing after `delayMs`) lags.
+fn print_live(svc: &Running, when: &str) {
+    if let Some(s) = &svc.service {
+        let mut counts: Vec<(String, usize)> =
+            s.live_counts().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect();
+        counts.sort();
+        println!("live injections {when}: {counts:?}; timer queue depth {}", s.queue_depth());
+    }
 }
 
 /// The baseline: an axum handler that reads the body and answers 201 with a small JSON.
@@ -242,7 +275,7 @@ async fn start_empty() -> Running {
             })
             .await;
     });
-    Running { url, store: None, stop, task }
+    Running { url, store: None, service: None, stop, task }
 }
 
 /// A valid payload: inline prompt, no trigger conditions, shown after the contract's
@@ -287,6 +320,19 @@ struct Closed {
     ok: u64,
     other: u64,
     secs: f64,
+    /// CPU time of the whole process (server, client, SQLite) over the run, in seconds.
+    cpu: f64,
+}
+
+/// This process's user + system CPU time so far, from /proc (0 where there is none).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux x86_64.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl Closed {
@@ -298,6 +344,7 @@ impl Closed {
 async fn closed_loop(client: &reqwest::Client, url: &str, clients: usize, run: Duration) -> Closed {
     let ok = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_secs();
     let start = Instant::now();
     let until = start + run;
     let mut tasks = Vec::new();
@@ -322,7 +369,12 @@ async fn closed_loop(client: &reqwest::Client, url: &str, clients: usize, run: D
     for t in tasks {
         let _ = t.await;
     }
-    Closed { ok: ok.load(Ordering::Relaxed), other: other.load(Ordering::Relaxed), secs: start.elapsed().as_secs_f64() }
+    Closed {
+        ok: ok.load(Ordering::Relaxed),
+        other: other.load(Ordering::Relaxed),
+        secs: start.elapsed().as_secs_f64(),
+        cpu: cpu_secs() - cpu0,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -345,9 +397,9 @@ struct Latency {
 /// without waiting for the previous answer. Latency runs from the tick's scheduled instant,
 /// so a stalled sender counts against the service rather than hiding (no coordinated
 /// omission).
-async fn open_loop(client: &reqwest::Client, url: &str) -> Latency {
-    let period = Duration::from_nanos(1_000_000_000 * OPEN_CLIENTS / OPEN_RATE);
-    let per_client = OPEN_RATE * OPEN_SECS / OPEN_CLIENTS;
+async fn open_loop(client: &reqwest::Client, url: &str, rate: u64) -> Latency {
+    let period = Duration::from_nanos(1_000_000_000 * OPEN_CLIENTS / rate);
+    let per_client = rate * OPEN_SECS / OPEN_CLIENTS;
     let start = tokio::time::Instant::now();
     let mut tickers = Vec::new();
     for c in 0..OPEN_CLIENTS {
@@ -402,7 +454,7 @@ async fn open_loop(client: &reqwest::Client, url: &str) -> Latency {
         lat[i].as_secs_f64() * 1e3
     };
     Latency {
-        sent: OPEN_RATE * OPEN_SECS,
+        sent: rate * OPEN_SECS,
         ok,
         shed,
         failed,

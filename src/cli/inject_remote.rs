@@ -183,7 +183,7 @@ pub async fn batch(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let results: Vec<(usize, anyhow::Result<Answer>)> = stream::iter(lines.into_iter())
+    let results: Vec<(usize, anyhow::Result<Answer>)> = stream::iter(lines)
         .map(|(no, line)| {
             let remote = remote.clone();
             let bar = bar.clone();
