@@ -1,0 +1,587 @@
+//! The service load benchmark: accepted injections/s through the real router and a durable
+//! store, admit latency under a fixed open-loop rate, and durable audit append through
+//! `Store::write`, each beside a baseline measured in the same run and process. Prints a
+//! table for BENCHMARKS.md. Run: `cargo bench --bench service`.
+//!
+//! Server and load generator share one tokio runtime and the machine's cores, so every
+//! figure includes the load generator's own cost; the baselines pay the same cost, which is
+//! why the ratios are the figures to compare across machines.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use gc_assist::audit::AuditDraft;
+use gc_assist::config::{ApiKeyConfig, Config};
+use gc_assist::contract::validate_json;
+use gc_assist::injection::service::{Channels, Service, ServiceDeps};
+use gc_assist::server::{self, key_hash_hex, AppState};
+use gc_assist::store::{InjectionRow, InjectionStatus, OutboxRow, Source, Store, StoreOptions, SystemClock, WriteOp};
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const KEY: &str = "bench-injector-key";
+/// A fresh conversation every this many requests: at most `maxConcurrentPrompts` (3), so the
+/// capacity ledger never refuses or queues.
+const PER_CONVERSATION: u64 = 3;
+/// Closed-loop clients; `SVCBENCH_CLIENTS` overrides, to see how group size moves the rate.
+const CLOSED_CLIENTS: usize = 64;
+const CLOSED_SECS: u64 = 3;
+/// The goal's rate, then one the shared machine sustains, to separate queueing from cost.
+const OPEN_RATES: [u64; 2] = [5_000, 2_000];
+const OPEN_CLIENTS: u64 = 50;
+const OPEN_SECS: u64 = 5;
+/// Concurrent writers: the first as many as the HTTP clients, the second enough to fill
+/// the writer's group-commit drain (`max_drain` 512).
+const APPEND_TASKS: [usize; 2] = [64, 512];
+const APPEND_INJECTIONS: usize = 20_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(run());
+}
+
+/// One line of the final table.
+struct Row {
+    what: String,
+    figure: String,
+    baseline: String,
+    ratio: String,
+}
+
+async fn run() {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("gc-assist service benchmark: {cores} cores, server and load generator in one process");
+    // `cargo bench --bench service -- http` (or `append`) runs one part, e.g. to profile it.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let want = |part: &str| args.is_empty() || args.iter().any(|a| a == part);
+    let mut rows = Vec::new();
+    if want("http") {
+        http(&mut rows).await;
+    }
+    if want("append") {
+        for tasks in APPEND_TASKS {
+            append(&mut rows, tasks).await;
+        }
+    }
+    println!();
+    println!("| measure | figure | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} |", r.what, r.figure, r.baseline, r.ratio);
+    }
+}
+
+/// 1 + 2: HTTP, the real service against the empty handler.
+async fn http(rows: &mut Vec<Row>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = start_service(dir.path()).await;
+    let empty = start_empty().await;
+    let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(256).build().expect("reqwest client");
+
+    // A wrong payload or key would make every figure meaningless: check one answer first.
+    let first = client.post(&svc.url).bearer_auth(KEY).header("content-type", "application/json");
+    let first = first.body(payload(Uuid::new_v4())).send().await.expect("first request");
+    let status = first.status();
+    let text = first.text().await.unwrap_or_default();
+    assert_eq!(status, reqwest::StatusCode::CREATED, "the service refused the bench payload: {text}");
+
+    // Warm both servers (connections, allocator, SQLite page cache) before timing.
+    closed_loop(&client, &svc.url, 16, Duration::from_millis(500)).await;
+    closed_loop(&client, &empty.url, 16, Duration::from_millis(500)).await;
+
+    let svc_store = svc.store.clone().expect("the service has a store");
+    let w0 = svc_store.stats();
+    let clients = std::env::var("SVCBENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(CLOSED_CLIENTS);
+    let real = closed_loop(&client, &svc.url, clients, Duration::from_secs(CLOSED_SECS)).await;
+    let w1 = svc_store.stats();
+    let base = closed_loop(&client, &empty.url, clients, Duration::from_secs(CLOSED_SECS)).await;
+    let tx = w1.transactions - w0.transactions;
+    let batches = w1.batches - w0.batches;
+    println!(
+        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each; store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
+        real.ok,
+        real.other,
+        real.secs,
+        real.cpu / real.secs,
+        real.cpu * 1e6 / real.ok.max(1) as f64,
+        tx,
+        batches,
+        batches as f64 / tx.max(1) as f64,
+        batches as f64 / real.ok.max(1) as f64
+    );
+    print_live(&svc, "after the closed loop");
+    println!(
+        "closed loop: empty handler {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each",
+        base.ok,
+        base.other,
+        base.secs,
+        base.cpu / base.secs,
+        base.cpu * 1e6 / base.ok.max(1) as f64
+    );
+    rows.push(Row {
+        what: format!("accepted injections/s, closed loop, {clients} keep-alive clients, {CLOSED_SECS} s"),
+        figure: format!("{:.0}/s", real.rate()),
+        baseline: format!("empty axum 201 handler: {:.0}/s", base.rate()),
+        ratio: format!("{:.2}x", real.rate() / base.rate().max(1e-9)),
+    });
+
+    svc.stop().await;
+
+    // Each rate against a fresh service, so no backlog of the previous part is counted.
+    for rate in OPEN_RATES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc = start_service(dir.path()).await;
+        closed_loop(&client, &svc.url, 16, Duration::from_millis(300)).await;
+        let lat = open_loop(&client, &svc.url, rate).await;
+        print_live(&svc, &format!("after the open loop at {rate}/s"));
+        svc.stop().await;
+        let lat_base = open_loop(&client, &empty.url, rate).await;
+        for (name, l) in [("service", &lat), ("empty handler", &lat_base)] {
+            println!(
+                "open loop {rate}/s {name}: {} sent, {} ok, {} shed (429), {} failed; achieved {:.0}/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+                l.sent, l.ok, l.shed, l.failed, l.achieved, l.p50, l.p99, l.max
+            );
+        }
+        rows.push(Row {
+            what: format!("admit latency at {rate}/s open loop, {OPEN_SECS} s: p50 / p99 / max"),
+            figure: format!("{:.2} / {:.2} / {:.2} ms", lat.p50, lat.p99, lat.max),
+            baseline: format!("empty handler: {:.2} / {:.2} / {:.2} ms", lat_base.p50, lat_base.p99, lat_base.max),
+            ratio: format!("p99 {:.1}x", lat.p99 / lat_base.p99.max(1e-9)),
+        });
+    }
+    if let Some(e) = FIRST_ERROR.get() {
+        println!("first failed request: {e}");
+    }
+    empty.stop().await;
+}
+
+/// 3: durable append through the store from `tasks` writers, against raw sqlx inserts of
+/// the same rows; then verify the chain written.
+async fn append(rows: &mut Vec<Row>, tasks: usize) {
+    let dir3 = tempfile::tempdir().expect("tempdir");
+    let (append, verify) = store_append(dir3.path(), tasks).await;
+    let raw = raw_inserts(dir3.path(), append.rows).await;
+    println!(
+        "append ({tasks} tasks): {} injections, {} audit records, {} rows in all, {} transactions in {:.3}s; raw sqlx {} rows in {:.3}s",
+        append.injections, append.records, append.rows, append.transactions, append.secs, append.rows, raw
+    );
+    let rec_rate = append.records as f64 / append.secs;
+    let rows_rate = append.rows as f64 / append.secs;
+    let raw_rate = append.rows as f64 / raw;
+    rows.push(Row {
+        what: format!(
+            "durable append: Store::write(InsertInjection) from {tasks} tasks, {} injections",
+            append.injections
+        ),
+        figure: format!("{rec_rate:.0} audit records/s ({rows_rate:.0} rows/s)"),
+        baseline: format!("raw sqlx, same {} rows, one transaction: {raw_rate:.0} rows/s", append.rows),
+        ratio: format!("{:.2}x", rows_rate / raw_rate),
+    });
+    rows.push(Row {
+        what: format!("audit::ops::verify over the store, {} records", verify.0),
+        figure: format!("{:.0} records/s ({})", verify.0 as f64 / verify.1, if verify.2 { "valid" } else { "INVALID" }),
+        baseline: "-".into(),
+        ratio: "-".into(),
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+
+struct Running {
+    url: String,
+    /// The service's store; the baseline has none.
+    store: Option<Store>,
+    service: Option<Service>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        if let Some(s) = self.store {
+            let _ = s.close().await;
+        }
+    }
+}
+
+/// The real service: durable store in `dir`, panel channel only, no Genesys, one global
+/// webhook so every injection also writes an outbox message (no worker sends them here).
+async fn start_service(dir: &Path) -> Running {
+    let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.expect("store");
+    let service = Service::start(ServiceDeps {
+        store: store.clone(),
+        catalogue: None,
+        channels: Channels { panel: true, participant_data: false },
+        genesys: None,
+        clock: Arc::new(SystemClock),
+        global_webhooks: vec!["https://knowledge.example.com/hooks/gc-assist".into()],
+        on_commit: None,
+        attribute_prefix: "gcAssist".into(),
+    })
+    .await
+    .expect("service");
+    let mut cfg = Config::defaults().server;
+    cfg.api_keys = vec![ApiKeyConfig { id: "bench".into(), sha256: key_hash_hex(KEY), role: "injector".into() }];
+    let state = AppState::new(service.clone(), &cfg).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1/prompt-injections", listener.local_addr().expect("addr"));
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = server::serve(state, listener, async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Running { url, store: Some(store), service: Some(service), stop, task }
+}
+
+/// Where the service's injections stand: how far the timer (showing after `delayMs`) lags.
+fn print_live(svc: &Running, when: &str) {
+    if let Some(s) = &svc.service {
+        let mut counts: Vec<(String, usize)> =
+            s.live_counts().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect();
+        counts.sort();
+        println!("live injections {when}: {counts:?}; timer queue depth {}", s.queue_depth());
+    }
+}
+
+/// The baseline: an axum handler that reads the body and answers 201 with a small JSON.
+async fn start_empty() -> Running {
+    async fn create(_body: axum::body::Bytes) -> (StatusCode, Json<Value>) {
+        (
+            StatusCode::CREATED,
+            Json(json!({"injectionId": "0190b6c4-0000-7000-8000-000000000000", "status": "scheduled"})),
+        )
+    }
+    let app = Router::new().route("/v1/prompt-injections", post(create));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1/prompt-injections", listener.local_addr().expect("addr"));
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Running { url, store: None, service: None, stop, task }
+}
+
+/// A valid payload: inline prompt, no trigger conditions, shown after the contract's
+/// shortest delay (500 ms) by the service's timer.
+fn payload(conversation: Uuid) -> Vec<u8> {
+    json!({
+        "conversationId": conversation,
+        "promptId": "d4e5f6a7-b8c9-0123-4567-890abcdef123",
+        "triggerConditions": [],
+        "displaySettings": {"delayMs": 500, "maxConcurrentPrompts": 3, "autoDismissMs": 30000},
+        "prompt": {"title": "Refund policy", "body": "Offer a refund within 30 days of purchase.", "priority": "high"},
+        "contextData": {"agentId": "agent-01", "queue": "billing-support"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The first failed request's error, to say why requests failed.
+static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The answer's status, or 0 when the request itself failed (connection, timeout).
+async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>) -> u16 {
+    let r = client.post(url).bearer_auth(KEY).header("content-type", "application/json").body(body).send().await;
+    match r {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            // Read the answer: a real client does, and it frees the connection for reuse.
+            let _ = resp.bytes().await;
+            status
+        }
+        Err(e) => {
+            let _ = FIRST_ERROR.set(e.to_string());
+            0
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Closed loop
+
+struct Closed {
+    ok: u64,
+    other: u64,
+    secs: f64,
+    /// CPU time of the whole process (server, client, SQLite) over the run, in seconds.
+    cpu: f64,
+}
+
+/// This process's user + system CPU time so far, from /proc (0 where there is none).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux x86_64.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Closed {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+}
+
+async fn closed_loop(client: &reqwest::Client, url: &str, clients: usize, run: Duration) -> Closed {
+    let ok = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_secs();
+    let start = Instant::now();
+    let until = start + run;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, ok, other) = (client.clone(), url.to_string(), ok.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conv = Uuid::new_v4();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                if n % PER_CONVERSATION == 0 {
+                    conv = Uuid::new_v4();
+                }
+                n += 1;
+                if send(&client, &url, payload(conv)).await == 201 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    other.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Closed {
+        ok: ok.load(Ordering::Relaxed),
+        other: other.load(Ordering::Relaxed),
+        secs: start.elapsed().as_secs_f64(),
+        cpu: cpu_secs() - cpu0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Open loop
+
+struct Latency {
+    sent: u64,
+    ok: u64,
+    /// 429 answers: the service shedding load.
+    shed: u64,
+    /// Other answers and failed requests.
+    failed: u64,
+    achieved: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// `OPEN_CLIENTS` tickers, staggered across one period, each firing a request per tick
+/// without waiting for the previous answer. Latency runs from the tick's scheduled instant,
+/// so a stalled sender counts against the service rather than hiding (no coordinated
+/// omission).
+async fn open_loop(client: &reqwest::Client, url: &str, rate: u64) -> Latency {
+    let period = Duration::from_nanos(1_000_000_000 * OPEN_CLIENTS / rate);
+    let per_client = rate * OPEN_SECS / OPEN_CLIENTS;
+    let start = tokio::time::Instant::now();
+    let mut tickers = Vec::new();
+    for c in 0..OPEN_CLIENTS {
+        let (client, url) = (client.clone(), url.to_string());
+        let offset = period * c as u32 / OPEN_CLIENTS as u32;
+        tickers.push(tokio::spawn(async move {
+            let mut iv = tokio::time::interval_at(start + offset, period);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut inflight = Vec::with_capacity(per_client as usize);
+            let mut conv = Uuid::new_v4();
+            for n in 0..per_client {
+                let at = iv.tick().await;
+                if n % PER_CONVERSATION == 0 {
+                    conv = Uuid::new_v4();
+                }
+                let (client, url) = (client.clone(), url.clone());
+                inflight.push(tokio::spawn(async move {
+                    let status = send(&client, &url, payload(conv)).await;
+                    (status, at.elapsed())
+                }));
+            }
+            let mut out = Vec::with_capacity(inflight.len());
+            for t in inflight {
+                if let Ok(r) = t.await {
+                    out.push(r);
+                }
+            }
+            out
+        }));
+    }
+    let mut lat = Vec::new();
+    let (mut ok, mut shed, mut failed) = (0u64, 0u64, 0u64);
+    for t in tickers {
+        for (status, d) in t.await.unwrap_or_default() {
+            match status {
+                201 => {
+                    ok += 1;
+                    lat.push(d);
+                }
+                429 => shed += 1,
+                _ => failed += 1,
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1e3
+    };
+    Latency {
+        sent: rate * OPEN_SECS,
+        ok,
+        shed,
+        failed,
+        achieved: ok as f64 / secs,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        max: pick(1.0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Durable append and verify
+
+struct Append {
+    injections: u64,
+    records: u64,
+    rows: u64,
+    transactions: u64,
+    secs: f64,
+}
+
+/// What the service writes when it accepts one injection: the row, two audit records
+/// (`accepted`, `scheduled`) and one webhook message.
+fn insert_op(n: usize) -> WriteOp {
+    let conversation = Uuid::from_u128(n as u128 / PER_CONVERSATION as u128 + 1);
+    let payload = validate_json(&payload(conversation)).expect("valid payload");
+    let content = payload.inline_prompt().cloned().expect("inline prompt");
+    let id = Uuid::now_v7();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut row = InjectionRow::new(id, InjectionStatus::Scheduled, payload, content, Source::Api, now);
+    row.admitted_at = Some(now);
+    row.show_at = Some(now + 500);
+    row.expires_at = Some(now + 30_500);
+    row.api_key_id = Some("bench".into());
+    let draft = |status: &str| AuditDraft {
+        conversation_id: row.conversation_id,
+        prompt_id: row.prompt_id,
+        injection_id: id,
+        status: status.into(),
+        latency_ms: Some(1),
+        error: None,
+        actor: "bench".into(),
+        reason: None,
+    };
+    let audit = vec![draft("accepted"), draft("scheduled")];
+    let body = json!({"eventType": "AGENT_ASSIST_PROMPT_INJECTED", "injectionId": id, "latencyMs": 1}).to_string();
+    let outbox = vec![OutboxRow::new(
+        id,
+        "https://knowledge.example.com/hooks/gc-assist",
+        "AGENT_ASSIST_PROMPT_INJECTED",
+        body,
+        now,
+    )];
+    WriteOp::InsertInjection { row: Box::new(row), audit, outbox, idempotency: None }
+}
+
+async fn store_append(dir: &Path, writers: usize) -> (Append, (u64, f64, bool)) {
+    let store = Store::open(&dir.join("append.db"), StoreOptions::default()).await.expect("store");
+    // Built before timing: the figure is the store's, not payload validation's.
+    let mut chunks: Vec<Vec<WriteOp>> = (0..writers).map(|_| Vec::new()).collect();
+    for n in 0..APPEND_INJECTIONS {
+        chunks[n % writers].push(insert_op(n));
+    }
+    let s0 = store.stats();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for op in chunk {
+                store.write(op).await.expect("durable write");
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let s1 = store.stats();
+    let injections = s1.batches - s0.batches;
+    let records = s1.records - s0.records;
+    let append = Append {
+        injections,
+        records,
+        // Row + audit records + one outbox message per injection.
+        rows: injections * 2 + records,
+        transactions: s1.transactions - s0.transactions,
+        secs,
+    };
+    let t = Instant::now();
+    let report = gc_assist::audit::ops::verify(&store, None, &[]).await.expect("verify");
+    let vsecs = t.elapsed().as_secs_f64();
+    let verified = match report.verdict {
+        gc_assist::audit::Verdict::Valid { records, .. } => records,
+        _ => 0,
+    };
+    let _ = store.close().await;
+    (append, (verified, vsecs, report.is_valid()))
+}
+
+/// The same number of rows, of similar width, inserted in ONE transaction by sqlx into a
+/// WAL + synchronous=FULL file: the cost floor of getting those rows onto disk.
+async fn raw_inserts(dir: &Path, rows: u64) -> f64 {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dir.join("raw.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await
+        .expect("raw sqlite");
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, k BLOB NOT NULL, v TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .expect("create");
+    let body = "x".repeat(200);
+    let start = Instant::now();
+    let mut tx = conn.begin().await.expect("begin");
+    for i in 0..rows {
+        sqlx::query("INSERT INTO t (id, k, v) VALUES (?, ?, ?)")
+            .bind(i as i64)
+            .bind(Uuid::now_v7().as_bytes().to_vec())
+            .bind(&body)
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+    }
+    tx.commit().await.expect("commit");
+    start.elapsed().as_secs_f64()
+}
