@@ -47,6 +47,10 @@ use crate::store::{
     WriteOp,
 };
 
+/// Due conversations ticked at once by the timer; bounded so a huge backlog after a
+/// stall does not open thousands of store writes in one go.
+const TICK_CONCURRENCY: usize = 256;
+
 /// Webhook event types (CONTRACT §5).
 pub const EVENT_INJECTED: &str = "AGENT_ASSIST_PROMPT_INJECTED";
 pub const EVENT_CLICKED: &str = "AGENT_ASSIST_PROMPT_CLICKED";
@@ -751,20 +755,25 @@ impl Service {
             }
             let mut due = Vec::new();
             {
+                let mut seen = std::collections::HashSet::new();
                 let mut heap = self.inner.timers.lock().unwrap_or_else(|p| p.into_inner());
                 while let Some(Reverse((t, conv))) = heap.peek().copied() {
                     if t > now {
                         break;
                     }
                     heap.pop();
-                    if !due.contains(&conv) {
+                    if seen.insert(conv) {
                         due.push(conv);
                     }
                 }
             }
-            for conv in due {
-                self.tick(conv).await;
-            }
+            // Conversations are independent (each has its own ledger lock), so their ticks
+            // run together: their store writes then share group commits instead of paying
+            // one commit each, which is what keeps delivery up with acceptance under load.
+            futures::StreamExt::for_each_concurrent(futures::stream::iter(due), TICK_CONCURRENCY, |conv| {
+                self.tick(conv)
+            })
+            .await;
         }
     }
 

@@ -772,3 +772,44 @@ async fn inject_batch_reports_a_summary_and_reruns_create_nothing_new() {
     }
     svc.stop().await;
 }
+
+/// Many conversations falling due at the same moment are delivered together: their
+/// updates share group commits instead of paying one transaction each, so delivery keeps
+/// up with acceptance under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_due_together_share_commits() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let svc = start_with(dir.path(), &emu, |c| c.channels = vec!["panel".into()]).await;
+    let bodies: Vec<Value> =
+        (0..N).map(|_| payload(&uuid::Uuid::new_v4().to_string(), 1, 2000, 10000, json!({}))).collect();
+    let started = Instant::now();
+    let answers = futures::future::join_all(bodies.iter().map(|b| post(&svc.base, b, None))).await;
+    assert!(started.elapsed() < Duration::from_millis(1500), "accepting {N} took too long to test the timer");
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|(code, body)| {
+            assert_eq!(*code, 201, "{body}");
+            body["injectionId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let before = svc.store.stats().transactions;
+    // Every prompt falls due within the same moment, about 2 s after it was accepted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut delivered = 0;
+        for id in &ids {
+            let row = svc.store.get_injection(id.parse().unwrap()).await.unwrap().unwrap().row;
+            delivered += usize::from(row.status.as_str() == "delivered");
+        }
+        if delivered == N {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {delivered} of {N} delivered");
+    }
+    let used = svc.store.stats().transactions - before;
+    assert!(used < N as u64 * 3 / 4, "{N} deliveries took {used} transactions: the timer is not batching");
+    svc.stop().await;
+}
