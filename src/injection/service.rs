@@ -1062,13 +1062,11 @@ impl Service {
                 InjectionStatus::Delivered => {
                     c.delay_ms = 0;
                     c.auto_dismiss_ms = ms_u64(row.expires_at.unwrap_or(now).saturating_sub(now));
-                    // A panel reconnecting after the restart finds it on its stream again.
-                    if self.inner.channels.panel {
-                        let shown = rfc3339(row.show_at.unwrap_or(row.updated_at));
-                        let expires = rfc3339(row.expires_at.unwrap_or(now));
-                        let data = PanelHub::prompt_data(row.id, &row.content, &shown, &expires);
-                        self.inner.panel.publish(row.conversation_id, "prompt", data);
-                    }
+                    // Show it again on every channel: a panel reconnecting after the restart
+                    // finds it on its stream, and a participant-data write that was still
+                    // pending when the process stopped is made (the PATCH carries the
+                    // original times, so repeating it changes nothing).
+                    self.deliver(Delivery::Show(Box::new(row.clone())));
                 }
                 InjectionStatus::Scheduled => {
                     c.delay_ms = ms_u64(row.show_at.unwrap_or(now).saturating_sub(now));

@@ -53,11 +53,17 @@ async fn start(dir: &Path, emu: &Emulator, max_body: usize) -> Running {
 }
 
 async fn start_with(dir: &Path, emu: &Emulator, tune: impl FnOnce(&mut gc_assist::config::ServerConfig)) -> Running {
+    let mut cfg = Config::defaults().server;
+    cfg.api_keys = vec![
+        ApiKeyConfig { id: "injector".into(), sha256: key_hash_hex(INJECTOR), role: "injector".into() },
+        ApiKeyConfig { id: "admin".into(), sha256: key_hash_hex(ADMIN), role: "admin".into() },
+    ];
+    tune(&mut cfg);
     let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.unwrap();
     let service = Service::start(ServiceDeps {
         store: store.clone(),
         catalogue: None,
-        channels: Channels { panel: true, participant_data: true },
+        channels: Channels::from_names(&cfg.channels).unwrap(),
         genesys: Some(client_for(emu)),
         clock: Arc::new(SystemClock),
         global_webhooks: vec![],
@@ -66,12 +72,6 @@ async fn start_with(dir: &Path, emu: &Emulator, tune: impl FnOnce(&mut gc_assist
     })
     .await
     .unwrap();
-    let mut cfg = Config::defaults().server;
-    cfg.api_keys = vec![
-        ApiKeyConfig { id: "injector".into(), sha256: key_hash_hex(INJECTOR), role: "injector".into() },
-        ApiKeyConfig { id: "admin".into(), sha256: key_hash_hex(ADMIN), role: "admin".into() },
-    ];
-    tune(&mut cfg);
     let state = AppState::new(service, &cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -811,5 +811,36 @@ async fn prompts_due_together_share_commits() {
     }
     let used = svc.store.stats().transactions - before;
     assert!(used < N as u64 * 3 / 4, "{N} deliveries took {used} transactions: the timer is not batching");
+    svc.stop().await;
+}
+
+/// A participant-data write that never happened before the process stopped (here: the
+/// channel was off) is made when the service recovers the prompt that is still on screen.
+#[tokio::test]
+async fn recovery_writes_participant_data_for_prompts_still_on_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let call = emu.create_conversation(NewConversation::default());
+    let svc = start_with(dir.path(), &emu, |c| c.channels = vec!["panel".into()]).await;
+    let (_, a) = post(&svc.base, &payload(&call.conversation_id, 1, 500, 60_000, json!({})), None).await;
+    let id = a["injectionId"].as_str().unwrap().to_string();
+    wait_status(&svc.base, &id, "delivered", Duration::from_secs(3)).await;
+    svc.stop().await;
+    let attrs = emu.participant_attributes(&call.conversation_id, &call.agent_participant_id).unwrap_or_default();
+    assert!(!attrs.keys().any(|k| k.contains(&id)), "panel-only: nothing written yet");
+
+    let svc = start(dir.path(), &emu, 65536).await;
+    let key = format!("gcAssist.prompt.{id}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let value = loop {
+        let attrs = emu.participant_attributes(&call.conversation_id, &call.agent_participant_id).unwrap_or_default();
+        if let Some(v) = attrs.get(&key) {
+            break v.clone();
+        }
+        assert!(Instant::now() < deadline, "recovery did not write {key}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let shown: Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(shown["status"], "shown");
     svc.stop().await;
 }
