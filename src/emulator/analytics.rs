@@ -23,6 +23,7 @@ use super::auth::stable_uuid;
 use super::calls::Catalog;
 use super::error::ApiError;
 use super::gateway::JsonBody;
+use super::state::iso;
 use super::state::{lock, State};
 
 /// Metrics of `AgentCopilotAggregationQuery`.
@@ -800,10 +801,6 @@ pub async fn create_job(
 
 fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Analytics job {id} was not found."))
-}
-
-fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// `GET .../jobs/{jobId}` → `AsyncQueryStatus`.

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::calls::{Catalog, RecordedCall, DEFAULT_QUEUE_ID, DEFAULT_QUEUE_NAME};
 use super::error::ApiError;
 use super::gateway::JsonBody;
 use super::notifications;
+use super::state::iso;
 use super::state::{lock, State};
 use super::{CallInfo, NewConversation};
 
@@ -85,10 +86,6 @@ impl Conversations {
 
 fn now_iso() -> String {
     iso(Utc::now())
-}
-
-fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {

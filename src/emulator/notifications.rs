@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use super::auth::{Caller, Principal};
 use super::error::ApiError;
 use super::gateway::JsonBody;
+use super::state::iso;
 use super::state::{lock, State};
 
 /// Channels one user or OAuth client may hold; creating another evicts one.
@@ -117,10 +118,6 @@ impl Notifications {
             self.by_topic.entry(t).or_default().insert(id.to_string());
         }
     }
-}
-
-fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn token_hash(token: &str) -> String {

@@ -94,3 +94,8 @@ impl State {
         f(&mut lock(&self.stats));
     }
 }
+
+/// Genesys timestamp text: ISO-8601 UTC with milliseconds (`2025-03-04T10:15:30.250Z`).
+pub(crate) fn iso(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

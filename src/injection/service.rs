@@ -286,7 +286,7 @@ struct Inner {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    participant_data::timestamp(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
 }
 
 fn priority_rank(p: Priority) -> u8 {
