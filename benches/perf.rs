@@ -105,8 +105,7 @@ mod audit {
 mod genesys {
     use super::*;
     use gc_assist::emulator::{self, EmulatorConfig, NewConversation};
-    use gc_assist::genesys::{region, ClientSettings, GenesysClient};
-    use secrecy::SecretString;
+    use gc_assist::genesys::GenesysClient;
 
     struct Fixture {
         rt: tokio::runtime::Runtime,
@@ -127,12 +126,7 @@ mod genesys {
                 // or throttled and the comparison is of request paths alone.
                 let cfg = EmulatorConfig { requests_per_minute: 100_000_000, ..EmulatorConfig::default() };
                 let emu = emulator::spawn(cfg).await.unwrap();
-                let mut s = ClientSettings::from_config(
-                    &gc_assist::config::Config::defaults().genesys,
-                    region::resolve(&emu.base_url()).unwrap(),
-                );
-                s.client_id = emu.client_id().into();
-                s.client_secret = SecretString::from(emu.client_secret().to_string());
+                let mut s = emu.client_settings(&gc_assist::config::Config::defaults().genesys).unwrap();
                 s.requests_per_minute = 100_000_000;
                 s.burst = 100_000;
                 let client = GenesysClient::new(s).unwrap();

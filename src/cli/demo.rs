@@ -91,7 +91,7 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     s.step("Authenticate with OAuth client credentials");
     let conversation_id = payload.conversation_id().to_string();
     emu.create_conversation(NewConversation { conversation_id: Some(conversation_id.clone()), ..Default::default() });
-    let client = GenesysClient::new(super::emulator_settings(&loaded.config.genesys, &emu)?)?;
+    let client = GenesysClient::new(emu.client_settings(&loaded.config.genesys)?)?;
     let info = client.token_info().await.context("token check failed")?;
     say(format!(
         "token for OAuth client {:?} in org {:?}",

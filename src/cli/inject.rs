@@ -244,7 +244,7 @@ async fn emulator_client(
         emu.create_conversation(NewConversation { conversation_id: Some(conversation_id), ..Default::default() });
     }
     eprintln!("✔ emulator at {}", emu.base_url());
-    let mut settings = super::emulator_settings(&loaded.config.genesys, &emu)?;
+    let mut settings = emu.client_settings(&loaded.config.genesys)?;
     let faults = emu.faults();
     match fault {
         Some(Fault::BadCredentials) => settings.client_secret = SecretString::from("not-the-secret".to_string()),

@@ -145,19 +145,6 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Client settings that point the `[genesys]` configuration at an embedded emulator and
-/// its test credentials (demo, `inject --emulator`, `serve --emulator`).
-pub(crate) fn emulator_settings(
-    genesys: &config::GenesysConfig,
-    emu: &crate::emulator::Emulator,
-) -> anyhow::Result<crate::genesys::ClientSettings> {
-    let hosts = crate::genesys::region::resolve(&emu.base_url())?;
-    let mut settings = crate::genesys::ClientSettings::from_config(genesys, hosts);
-    settings.client_id = emu.client_id().to_string();
-    settings.client_secret = secrecy::SecretString::from(emu.client_secret().to_string());
-    Ok(settings)
-}
-
 /// Resolves on Ctrl-C or SIGTERM: how long-running commands learn to stop.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {

@@ -48,7 +48,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let genesys = if args.emulator {
         let e = emulator::spawn(EmulatorConfig::default()).await.context("cannot start the embedded emulator")?;
         println!("emulator at {}", e.base_url());
-        let client = GenesysClient::new(super::emulator_settings(&cfg.genesys, &e)?)?;
+        let client = GenesysClient::new(e.client_settings(&cfg.genesys)?)?;
         emu = Some(e);
         Some(client)
     } else if channels.participant_data {

@@ -240,6 +240,19 @@ impl Emulator {
         &self.state.client_secret
     }
 
+    /// Client settings that point a `[genesys]` configuration at this emulator and its
+    /// credentials: how the demo, `--emulator` commands, tests and benchmarks connect.
+    pub fn client_settings(
+        &self,
+        genesys: &crate::config::GenesysConfig,
+    ) -> Result<crate::genesys::ClientSettings, crate::genesys::region::RegionError> {
+        let hosts = crate::genesys::region::resolve(&self.base_url())?;
+        let mut settings = crate::genesys::ClientSettings::from_config(genesys, hosts);
+        settings.client_id = self.client_id().to_string();
+        settings.client_secret = secrecy::SecretString::from(self.client_secret().to_string());
+        Ok(settings)
+    }
+
     /// Every conversation, loaded ones first, in order.
     pub fn calls(&self) -> Vec<CallInfo> {
         lock(&self.state.conversations).infos()

@@ -7,10 +7,9 @@ use std::time::Duration;
 use chrono::Utc;
 use gc_assist::contract::{self, Catalogue, PromptContent, ValidPayload};
 use gc_assist::emulator::{self, Emulator, EmulatorConfig, NewConversation};
-use gc_assist::genesys::{region, ClientSettings, GenesysClient};
+use gc_assist::genesys::GenesysClient;
 use gc_assist::injection::direct::{DirectError, DirectInjector, DirectOptions};
 use gc_assist::injection::participant_data::{self, PromptAttribute};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -35,13 +34,8 @@ fn payload_for(conversation_id: &str, max: u8, extra: Value) -> ValidPayload {
 async fn setup() -> (Emulator, DirectInjector, String, String) {
     let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
     let call = emu.create_conversation(NewConversation::default());
-    let mut settings = ClientSettings::from_config(
-        &gc_assist::config::Config::defaults().genesys,
-        region::resolve(&emu.base_url()).unwrap(),
-    );
-    settings.client_id = emu.client_id().into();
-    settings.client_secret = SecretString::from(emu.client_secret().to_string());
-    let client = GenesysClient::new(settings).unwrap();
+    let client =
+        GenesysClient::new(emu.client_settings(&gc_assist::config::Config::defaults().genesys).unwrap()).unwrap();
     let injector =
         DirectInjector::new(client, DirectOptions { honour_delay: false, attribute_prefix: "gcAssist".into() });
     (emu, injector, call.conversation_id, call.agent_participant_id)

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use gc_assist::config::{ApiKeyConfig, Config};
 use gc_assist::emulator::{self, Emulator, EmulatorConfig, NewConversation};
-use gc_assist::genesys::{region, ClientSettings, GenesysClient};
+use gc_assist::genesys::GenesysClient;
 use gc_assist::injection::service::{Channels, Service, ServiceDeps};
 use gc_assist::server::{self, key_hash_hex, AppState};
 use gc_assist::store::{Store, StoreOptions, SystemClock};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -41,11 +40,7 @@ impl Running {
 }
 
 fn client_for(emu: &Emulator) -> GenesysClient {
-    let mut settings =
-        ClientSettings::from_config(&Config::defaults().genesys, region::resolve(&emu.base_url()).unwrap());
-    settings.client_id = emu.client_id().into();
-    settings.client_secret = SecretString::from(emu.client_secret().to_string());
-    GenesysClient::new(settings).unwrap()
+    GenesysClient::new(emu.client_settings(&Config::defaults().genesys).unwrap()).unwrap()
 }
 
 async fn start(dir: &Path, emu: &Emulator, max_body: usize) -> Running {
