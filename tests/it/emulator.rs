@@ -12,20 +12,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::support;
 
-/// The shared recorded calls: `support::shared_calls()`, or, from a git worktree nested
-/// deeper than the main checkout, the nearest ancestor's `shared/data/calls`.
-fn shared_calls() -> std::path::PathBuf {
-    let direct = support::shared_calls();
-    if direct.join("calls.json").exists() {
-        return direct;
-    }
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/data/calls"))
-        .find(|p| p.join("calls.json").exists())
-        .unwrap_or(direct)
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -794,21 +780,28 @@ async fn analytics_job_lifecycle_with_paging() {
 
 #[tokio::test]
 async fn loads_the_shared_calls_folder() {
-    let e = emu_with(EmulatorConfig { calls: CallSource::Dir(shared_calls()), ..Default::default() }).await;
+    let e = emu_with(EmulatorConfig { calls: CallSource::Dir(support::shared_calls()), ..Default::default() }).await;
     let calls = e.calls();
-    assert_eq!(calls.len(), 40);
-    let hold = calls.iter().find(|c| c.scenario == "long_hold").expect("a long_hold call");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(support::shared_calls().join("calls.json")).unwrap()).unwrap();
+    assert_eq!(calls.len(), manifest["calls"].as_array().unwrap().len());
+    assert_eq!(calls.len(), manifest["count"].as_u64().unwrap() as usize);
+    // Every call is live at the moment its agent connected: connected and not yet on hold
+    // (long_hold calls hold later in the recording).
     let t = token(&e).await;
-    let c: Value = get(&e, &t, &format!("/api/v2/conversations/{}", hold.conversation_id)).await.json().await.unwrap();
-    let agent = c["participants"].as_array().unwrap().iter().find(|p| p["purpose"] == "agent").unwrap().clone();
-    assert_eq!(agent["calls"][0]["state"], "connected");
-    assert_eq!(agent["calls"][0]["held"], false, "live at the moment the agent connected, before any hold");
+    for call in &calls {
+        let c: Value =
+            get(&e, &t, &format!("/api/v2/conversations/{}", call.conversation_id)).await.json().await.unwrap();
+        let agent = c["participants"].as_array().unwrap().iter().find(|p| p["purpose"] == "agent").unwrap().clone();
+        assert_eq!(agent["calls"][0]["state"], "connected", "{}", call.scenario);
+        assert_eq!(agent["calls"][0]["held"], false, "{}: live before any hold", call.scenario);
+    }
 }
 
 #[tokio::test]
 async fn broken_calls_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read_to_string(shared_calls().join("call_028_billing_refund_e9fe9598.jsonl")).unwrap();
+    let good = std::fs::read_to_string(support::shared_calls().join("call_028_billing_refund_e9fe9598.jsonl")).unwrap();
     let first = good.lines().next().unwrap();
     std::fs::write(dir.path().join("broken.jsonl"), format!("{first}\n{{not json\n")).unwrap();
     let entry = json!({"file": "broken.jsonl", "conversationId": "c", "scenario": "s", "queueId": "q", "agentUserId": "u",
