@@ -43,8 +43,8 @@ use crate::audit::AuditDraft;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
 use crate::genesys::GenesysClient;
 use crate::store::{
-    Clock, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate, OutboxRow, Source, Store, StoreError,
-    WriteOp,
+    Clock, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate, OutboxRow,
+    Source, Store, StoreError, WriteOp,
 };
 
 /// Due conversations ticked at once by the timer; bounded so a huge backlog after a
@@ -287,6 +287,22 @@ struct Inner {
 
 fn rfc3339(ms: i64) -> String {
     participant_data::timestamp(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
+}
+
+/// The engagement event a status change is, for adoption: a prompt reaching the screen is
+/// `shown`; leaving it by click, dismissal or its own timer is `clicked`, `dismissed`,
+/// `expired`. An armed prompt expiring unfired never reached the agent, and an operator's
+/// withdrawal is not the agent's doing: neither counts.
+fn engagement_for(from: InjectionStatus, to: InjectionStatus) -> Option<EngagementKind> {
+    use InjectionStatus as S;
+    match (from, to) {
+        (S::Delivered, S::Delivered) => None,
+        (_, S::Delivered) => Some(EngagementKind::Shown),
+        (S::Delivered, S::Clicked) => Some(EngagementKind::Clicked),
+        (S::Delivered, S::Dismissed) => Some(EngagementKind::Dismissed),
+        (S::Delivered, S::Expired) => Some(EngagementKind::Expired),
+        _ => None,
+    }
 }
 
 fn priority_rank(p: Priority) -> u8 {
@@ -687,7 +703,15 @@ impl Service {
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
             (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
         let at = u.at;
-        if let Err(e) = self.write(vec![WriteOp::UpdateInjection(Box::new(u))]).await {
+        let from = row.status;
+        let mut ops = Vec::with_capacity(2);
+        if let Some(kind) = engagement_for(from, status) {
+            let mut e = EngagementRow::of(&row, kind, at);
+            e.shown_at = show_at.or(row.show_at);
+            ops.push(WriteOp::Engagement(e));
+        }
+        ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
+        if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
         }
@@ -1324,6 +1348,17 @@ mod tests {
         // The panel saw the show and the removal, in order.
         let kinds: Vec<&str> = svc.panel().subscribe(conv, None).backlog.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["prompt", "remove"]);
+        // Adoption sees the prompt shown at its show time, then clicked 0 ms after.
+        let mut seen = Vec::new();
+        store.engagement_events(0, i64::MAX, |e| seen.push((e.injection_id, e.kind, e.at, e.shown_at))).await.unwrap();
+        let shown_at = Some(T0 + 500);
+        assert_eq!(
+            seen,
+            [
+                (a.injection_id, EngagementKind::Shown, T0 + 600, shown_at),
+                (a.injection_id, EngagementKind::Clicked, T0 + 600, shown_at)
+            ]
+        );
         svc.shutdown();
         store.close().await.unwrap();
     }
@@ -1427,6 +1462,27 @@ mod tests {
         assert_eq!(kinds, ["prompt", "remove", "prompt"]);
         svc.shutdown();
         store.close().await.unwrap();
+    }
+
+    #[test]
+    fn engagement_events_follow_status_changes() {
+        use InjectionStatus as S;
+        let table = [
+            (S::Scheduled, S::Delivered, Some(EngagementKind::Shown)),
+            (S::Queued, S::Delivered, Some(EngagementKind::Shown)),
+            (S::Delivered, S::Delivered, None),
+            (S::Delivered, S::Clicked, Some(EngagementKind::Clicked)),
+            (S::Delivered, S::Dismissed, Some(EngagementKind::Dismissed)),
+            (S::Delivered, S::Expired, Some(EngagementKind::Expired)),
+            (S::Armed, S::Expired, None),
+            (S::Delivered, S::Withdrawn, None),
+            (S::Scheduled, S::Withdrawn, None),
+            (S::Queued, S::Failed, None),
+            (S::Armed, S::Scheduled, None),
+        ];
+        for (from, to, want) in table {
+            assert_eq!(engagement_for(from, to), want, "{from} -> {to}");
+        }
     }
 
     #[test]
