@@ -6,9 +6,13 @@
 'use strict';
 (function () {
   var UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-  var params = new URLSearchParams(location.search);
-  var conv = (params.get('conversationId') || params.get('gcConversationId') || params.get('pcConversationId') || '').trim();
-  var lang = params.get('lang') || params.get('gcLangTag') || '';
+  var params, conv, lang;
+  function readParams() {
+    params = new URLSearchParams(location.search);
+    conv = (params.get('conversationId') || params.get('gcConversationId') || params.get('pcConversationId') || '').trim();
+    lang = params.get('lang') || params.get('gcLangTag') || '';
+  }
+  readParams();
   var el = function (id) { return document.getElementById(id); };
   var store = (function () {
     try { var s = window.sessionStorage; s.setItem('gca.t', '1'); s.removeItem('gca.t'); return s; } catch (e) { return null; }
@@ -56,7 +60,8 @@
     put('gca.agent', JSON.stringify({ token: token, ends: Date.now() + ttl * 1000 }));
     drop('gca.state');
     history.replaceState(null, '', back || location.pathname);
-    params = new URLSearchParams(location.search);
+    // Back from the login host: the panel's own query (conversationId, ...) is restored.
+    readParams();
   }
 
   function agentToken() {
@@ -306,8 +311,8 @@
   // ---- start ---------------------------------------------------------------------------
 
   function start() {
-    if (/^[a-z]{2,3}(-[a-z0-9]{2,8})*$/i.test(lang)) { document.documentElement.lang = lang; }
     fromFragment();
+    if (/^[a-z]{2,3}(-[a-z0-9]{2,8})*$/i.test(lang)) { document.documentElement.lang = lang; }
     if (S.stopped) { return; }
     if (!UUID.test(conv)) { fatal('Open this panel from an interaction: its URL needs conversationId={{gcConversationId}}.'); return; }
     var q = params.get('gcHostOrigin') ? '?gcHostOrigin=' + encodeURIComponent(params.get('gcHostOrigin')) : '';
