@@ -298,7 +298,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return bad("panel.session_ttl_secs must be at least 60 (the page renews a minute before the end)");
     }
     let login = c.panel.login_base.trim();
-    if !login.is_empty() && !(login.starts_with("https://") || login.starts_with("http://")) {
+    if !(login.is_empty() || login.starts_with("https://") || login.starts_with("http://")) {
         return bad("panel.login_base must be an http(s) URL such as https://login.mypurecloud.ie, or empty");
     }
     for k in &c.server.api_keys {

@@ -212,7 +212,10 @@ pub async fn authorize(
     let mut fragment = url::form_urlencoded::Serializer::new(String::new());
     if q.get("response_type").map(String::as_str) != Some("token") {
         fragment.append_pair("error", "unsupported_response_type");
-        fragment.append_pair("error_description", "this authorize endpoint serves the implicit grant (response_type=token)");
+        fragment.append_pair(
+            "error_description",
+            "this authorize endpoint serves the implicit grant (response_type=token)",
+        );
     } else if q.get("client_id").is_none_or(|c| c.trim().is_empty()) {
         fragment.append_pair("error", "invalid_request");
         fragment.append_pair("error_description", "client_id is required");

@@ -1075,7 +1075,12 @@ impl Service {
         let rating = rating.signum();
         let row = self.shown_row(id, "rate").await?;
         if rating == 0 {
-            return Err(ServiceError::WrongState { id, status: row.status, action: "rate", needs: "a rating of +1 or -1" });
+            return Err(ServiceError::WrongState {
+                id,
+                status: row.status,
+                action: "rate",
+                needs: "a rating of +1 or -1",
+            });
         }
         let now = self.now_ms();
         let audit = draft(&row, "feedback", actor, Some(if rating > 0 { "helpful" } else { "not_helpful" }));
@@ -1394,7 +1399,10 @@ mod tests {
         ));
         clock.advance(600);
         // engage brings the ledger up to date first: the prompt is shown, then dismissed.
-        assert_eq!(svc.engage(a.injection_id, Engagement::Clicked, "agent", None).await.unwrap(), InjectionStatus::Clicked);
+        assert_eq!(
+            svc.engage(a.injection_id, Engagement::Clicked, "agent", None).await.unwrap(),
+            InjectionStatus::Clicked
+        );
         assert_eq!(status(&store, b.injection_id).await, InjectionStatus::Scheduled);
         let tl: Vec<String> = store
             .get_injection(a.injection_id)

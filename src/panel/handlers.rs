@@ -44,7 +44,10 @@ impl From<PanelError> for ApiError {
             PanelError::RegionMismatch(_) => ApiError::bad_request("region_mismatch", message),
             PanelError::Upstream(_) => {
                 tracing::warn!(error = %message, "panel sign-in could not reach Genesys Cloud");
-                ApiError { retry_after_ms: Some(2000), ..ApiError::new(StatusCode::BAD_GATEWAY, "genesys_unavailable", message) }
+                ApiError {
+                    retry_after_ms: Some(2000),
+                    ..ApiError::new(StatusCode::BAD_GATEWAY, "genesys_unavailable", message)
+                }
             }
         }
     }
@@ -58,9 +61,9 @@ fn bearer(headers: &HeaderMap, what: &str) -> Result<String, ApiError> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty());
-    token
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", format!("send `Authorization: Bearer <{what}>`")))
+    token.map(str::to_string).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", format!("send `Authorization: Bearer <{what}>`"))
+    })
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
@@ -74,9 +77,7 @@ fn session(st: &AppState, headers: &HeaderMap) -> Result<Scope, ApiError> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `GET /panel`: the page, with a Content-Security-Policy that allows only its own script,
@@ -189,7 +190,9 @@ fn sse_events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // The page learns the server's clock from the first event, to draw countdowns that
     // agree with the service's expiry even when the agent's clock is off.
-    let hello = Event::default().event("hello").data(json!({ "serverTime": rfc3339(chrono::Utc::now().timestamp_millis()) }).to_string());
+    let hello = Event::default()
+        .event("hello")
+        .data(json!({ "serverTime": rfc3339(chrono::Utc::now().timestamp_millis()) }).to_string());
     let backlog = stream::iter(std::iter::once(Ok(hello)).chain(sub.backlog.into_iter().map(|e| Ok(to_event(e)))));
     let end = tokio::time::Instant::now() + session_left;
     let live = stream::unfold((sub.live, stop), move |(mut rx, mut stop)| async move {
@@ -237,7 +240,9 @@ async fn engagement(
         let b: EngagementBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
-                format!("send {{\"type\": \"viewed\"|\"clicked\"|\"dismissed\"|\"feedback\", \"rating\"?: 1|-1}} ({e})"),
+                format!(
+                    "send {{\"type\": \"viewed\"|\"clicked\"|\"dismissed\"|\"feedback\", \"rating\"?: 1|-1}} ({e})"
+                ),
             )
         })?;
         let svc = st.service();

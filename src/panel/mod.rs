@@ -64,7 +64,9 @@ const VIEWED_MEMORY: usize = 50_000;
 /// Why a panel request was refused.
 #[derive(Debug, Error)]
 pub enum PanelError {
-    #[error("panel sign-in is off: set panel.oauth_client_id (and Genesys credentials) in the service's configuration")]
+    #[error(
+        "panel sign-in is off: set panel.oauth_client_id (and Genesys credentials) in the service's configuration"
+    )]
     SignInOff,
     #[error("{0}")]
     Unauthorized(String),

@@ -114,12 +114,15 @@ impl Sessions {
     }
 }
 
+/// (hash of the agent's token, conversation) → (scope, when checked, epoch ms).
+type Validations = HashMap<([u8; 32], Uuid), (Scope, i64)>;
+
 /// Positive validations of (agent token, conversation), kept `ttl_ms`: within that time a
 /// renewal or a second tab is not another pair of Genesys calls. Refusals are not cached,
 /// so an agent who just joined the conversation is let in on the next try.
 pub struct ValidationCache {
     ttl_ms: i64,
-    table: Mutex<HashMap<([u8; 32], Uuid), (Scope, i64)>>,
+    table: Mutex<Validations>,
 }
 
 impl std::fmt::Debug for ValidationCache {

@@ -68,12 +68,13 @@ async fn prompts_appear_after_delay_respect_slots_and_record_engagements() {
     }
     b.wait_for(&drawn(&a), WAIT, "the first prompt").await;
     assert!(t0.elapsed() >= Duration::from_millis(1900));
-    let text = b.js(&format!(
-        "var li = document.querySelector('li.prompt[data-injection-id=\"{a}\"]'); \
+    let text = b
+        .js(&format!(
+            "var li = document.querySelector('li.prompt[data-injection-id=\"{a}\"]'); \
          return [li.querySelector('.prompt-title').textContent, li.querySelector('.prompt-body').textContent, \
                  li.querySelector('.open').href, li.querySelector('.left').textContent, li.dataset.priority]"
-    ))
-    .await;
+        ))
+        .await;
     assert_eq!(text[0], "Offer the refund");
     assert_eq!(text[1], "Body of Offer the refund.");
     assert_eq!(text[2], "https://kb.example/articles/refunds");
@@ -81,8 +82,8 @@ async fn prompts_appear_after_delay_respect_slots_and_record_engagements() {
     assert_eq!(text[4], "high");
 
     // Three slots: the fourth waits until one frees.
-    let b2 = stack.inject(&conv, "Check the contract end date", 3, 500, 10_000).await;
-    let c = stack.inject(&conv, "Mention the loyalty offer", 3, 500, 10_000).await;
+    let b2 = stack.inject_as(&conv, "Check the contract end date", "critical", 3, 500, 10_000).await;
+    let c = stack.inject_as(&conv, "Mention the loyalty offer", "normal", 3, 500, 10_000).await;
     let d = stack.inject(&conv, "Summarise next steps", 3, 500, 10_000).await;
     b.wait_for(&drawn(&b2), WAIT, "the second prompt").await;
     b.wait_for(&drawn(&c), WAIT, "the third prompt").await;
@@ -99,7 +100,8 @@ async fn prompts_appear_after_delay_respect_slots_and_record_engagements() {
 
     // Viewed: visible for a second.
     let until = Instant::now() + WAIT;
-    while !stack.engagements().await.iter().any(|e| e.injection_id.to_string() == a && e.kind == EngagementKind::Viewed) {
+    while !stack.engagements().await.iter().any(|e| e.injection_id.to_string() == a && e.kind == EngagementKind::Viewed)
+    {
         assert!(Instant::now() < until, "viewed was not recorded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -130,7 +132,9 @@ async fn prompts_appear_after_delay_respect_slots_and_record_engagements() {
         rows.iter().any(|e| e.injection_id.to_string() == id && e.kind == k && e.agent_id.as_deref() == Some(AGENT))
     };
     assert!(has(&b2, EngagementKind::Dismissed) && has(&c, EngagementKind::Clicked));
-    assert!(rows.iter().any(|e| e.injection_id.to_string() == b2 && e.kind == EngagementKind::Feedback && e.rating == Some(1)));
+    assert!(rows
+        .iter()
+        .any(|e| e.injection_id.to_string() == b2 && e.kind == EngagementKind::Feedback && e.rating == Some(1)));
 
     // Auto-dismiss: the first prompt leaves after its 10 s, on screen and in the service.
     let gone = format!("return document.querySelector('li.prompt[data-injection-id=\"{a}\"]') === null");

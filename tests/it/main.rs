@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per area, shared helpers in `support`.
 
 mod audit;
+mod browser;
 mod cli;
 mod contract;
 mod crash;
@@ -8,9 +9,8 @@ mod emulator;
 mod genesys;
 mod inject;
 mod panel;
-mod browser;
-mod webdriver;
 mod service;
 mod store;
 mod support;
+mod webdriver;
 mod webhook;

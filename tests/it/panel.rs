@@ -75,14 +75,27 @@ impl PanelStack {
             .conversation_id
     }
 
-    /// Posts an injection; returns its id.
+    /// Posts a high-priority injection; returns its id.
     pub async fn inject(&self, conv: &str, title: &str, max: u8, delay_ms: u64, dismiss_ms: u64) -> String {
+        self.inject_as(conv, title, "high", max, delay_ms, dismiss_ms).await
+    }
+
+    /// Posts an injection of this priority; returns its id.
+    pub async fn inject_as(
+        &self,
+        conv: &str,
+        title: &str,
+        priority: &str,
+        max: u8,
+        delay_ms: u64,
+        dismiss_ms: u64,
+    ) -> String {
         let body = json!({
             "conversationId": conv,
             "promptId": "d4e5f6a7-b8c9-0123-4567-890abcdef123",
             "triggerConditions": [],
             "displaySettings": {"delayMs": delay_ms, "maxConcurrentPrompts": max, "autoDismissMs": dismiss_ms},
-            "prompt": {"title": title, "body": format!("Body of {title}."), "priority": "high",
+            "prompt": {"title": title, "body": format!("Body of {title}."), "priority": priority,
                        "url": "https://kb.example/articles/refunds"}
         });
         let resp = reqwest::Client::new()
@@ -252,10 +265,7 @@ async fn sign_in_admits_only_the_conversations_agent() {
     // The session sees its own conversation only.
     let resp = open_stream(&stack.base, &conv, &session, None).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
-        Some("text/event-stream")
-    );
+    assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
     drop(resp);
     assert_eq!(open_stream(&stack.base, &other_conv, &session, None).await.status(), 403);
     assert_eq!(open_stream(&stack.base, &conv, "forged-session", None).await.status(), 401);
@@ -302,7 +312,10 @@ async fn stream_engagements_are_stored_audited_and_sent() {
     let (s, v) = engage(&stack.base, &session, &a, json!({"type": "clicked"})).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("clicked")));
     let (ev, _, data) = next_event(&mut sse, &mut buf, Duration::from_secs(5)).await.unwrap();
-    assert_eq!((ev.as_str(), data["injectionId"].as_str(), data["reason"].as_str()), ("remove", Some(a.as_str()), Some("clicked")));
+    assert_eq!(
+        (ev.as_str(), data["injectionId"].as_str(), data["reason"].as_str()),
+        ("remove", Some(a.as_str()), Some("clicked"))
+    );
     // Clicking again finds it gone.
     assert_eq!(engage(&stack.base, &session, &a, json!({"type": "clicked"})).await.0, 409);
 
@@ -324,7 +337,10 @@ async fn stream_engagements_are_stored_audited_and_sent() {
     assert_eq!(engage(&stack.base, &session, &foreign, json!({"type": "dismissed"})).await.0, 403);
     assert_eq!(stack.status(&foreign).await, "delivered");
     assert_eq!(engage(&stack.base, "forged", &b, json!({"type": "viewed"})).await.0, 401);
-    assert_eq!(engage(&stack.base, &session, &uuid::Uuid::new_v4().to_string(), json!({"type": "viewed"})).await.0, 404);
+    assert_eq!(
+        engage(&stack.base, &session, &uuid::Uuid::new_v4().to_string(), json!({"type": "viewed"})).await.0,
+        404
+    );
 
     // Stored: engagement rows with the agent's id and the rating.
     let rows = stack.engagements().await;
@@ -360,18 +376,18 @@ async fn stream_engagements_are_stored_audited_and_sent() {
     let outbox = stack.store.outbox_list(None, 1000).await.unwrap();
     let events: Vec<(String, String)> =
         outbox.iter().map(|o| (o.injection_id.to_string(), o.event_type.clone())).collect();
-    for want in [
-        (&a, "AGENT_ASSIST_PROMPT_VIEWED"),
-        (&a, "AGENT_ASSIST_PROMPT_CLICKED"),
-        (&b, "AGENT_ASSIST_PROMPT_DISMISSED"),
-    ] {
+    for want in
+        [(&a, "AGENT_ASSIST_PROMPT_VIEWED"), (&a, "AGENT_ASSIST_PROMPT_CLICKED"), (&b, "AGENT_ASSIST_PROMPT_DISMISSED")]
+    {
         assert!(events.contains(&(want.0.clone(), want.1.to_string())), "{want:?} not queued: {events:?}");
     }
-    let viewed: Value = serde_json::from_slice(
-        &outbox.iter().find(|o| o.event_type == "AGENT_ASSIST_PROMPT_VIEWED").unwrap().body,
-    )
-    .unwrap();
-    assert_eq!((viewed["injectionId"].as_str(), viewed["alignmentStatus"].as_str()), (Some(a.as_str()), Some("SYNCED")));
+    let viewed: Value =
+        serde_json::from_slice(&outbox.iter().find(|o| o.event_type == "AGENT_ASSIST_PROMPT_VIEWED").unwrap().body)
+            .unwrap();
+    assert_eq!(
+        (viewed["injectionId"].as_str(), viewed["alignmentStatus"].as_str()),
+        (Some(a.as_str()), Some("SYNCED"))
+    );
     stack.stop().await;
 }
 
@@ -443,7 +459,11 @@ async fn page_config_and_the_emulators_implicit_grant() {
     let (s, body) = sign_in(&stack.base, Some(&f["access_token"]), &conv).await;
     assert_eq!((s, body["userId"].as_str()), (201, Some(AGENT)));
     // A wrong response_type comes back as an OAuth error in the fragment.
-    let bad = http.get(format!("{authorize}?{}", q.replace("response_type=token", "response_type=code"))).send().await.unwrap();
+    let bad = http
+        .get(format!("{authorize}?{}", q.replace("response_type=token", "response_type=code")))
+        .send()
+        .await
+        .unwrap();
     assert!(bad.headers()["location"].to_str().unwrap().contains("error=unsupported_response_type"));
     stack.stop().await;
 }
