@@ -36,6 +36,9 @@ fn tool(var: &str, default: &str) -> PathBuf {
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    port: u16,
+    /// The WebDriver session, until `close` ended it.
+    session: Option<String>,
     _profile: tempfile::TempDir,
 }
 
@@ -82,7 +85,8 @@ impl Browser {
         caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = ClientBuilder::new(connector).capabilities(caps).connect(&url).await.expect("a WebDriver session");
-        Browser { client, driver, _profile: profile }
+        let session = client.session_id().await.ok().flatten();
+        Browser { client, driver, port, session, _profile: profile }
     }
 
     pub async fn goto(&self, url: &str) {
@@ -127,16 +131,31 @@ impl Browser {
     /// Ends the session (Chromium exits) and chromedriver.
     pub async fn close(mut self) {
         let client = self.client.clone();
-        let _ = client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        if client.close().await.is_ok() {
+            self.session = None;
+        }
+        // Drop ends chromedriver.
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A test that panicked still must not leave chromedriver behind (only this child,
-        // by its own handle).
+        // A test that panicked must not leave Chromium behind: killing chromedriver alone
+        // would orphan it, so end the session first (a blocking DELETE, as Drop cannot
+        // await), then chromedriver (only this child, by its own handle).
+        if let Some(id) = self.session.take() {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let req = format!(
+                    "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.port
+                );
+                if s.write_all(req.as_bytes()).is_ok() {
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
