@@ -1,7 +1,7 @@
 //! The agent panel in a real headless Chromium (WebDriver, see `webdriver`): the real
 //! sign-in flow through the emulator's implicit grant, prompts drawn after their delay and
 //! not before, the countdown and auto-dismiss, the slot limit, click/dismiss/view/feedback
-//! recorded, isolation between agents and conversations, and resuming a dropped stream
+//! recorded, isolation between agents and conversations, dismissing by keyboard, and resuming a dropped stream
 //! without losing or duplicating prompts. One test also writes the README screenshot,
 //! `docs/panel.png`.
 
@@ -202,6 +202,13 @@ async fn a_dropped_connection_resumes_without_losing_or_duplicating() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!((b.js(&count_js(&a)).await, b.js(&count_js(&c)).await), (1.into(), 1.into()));
     assert_eq!(visible_count(&b).await, 2);
+
+    // Keyboard: Escape on a focused prompt dismisses it, and focus moves to the next one.
+    b.js(&format!("document.querySelector('li.prompt[data-injection-id=\"{a}\"]').focus(); return true")).await;
+    b.client.active_element().await.unwrap().send_keys("\u{E00C}").await.unwrap();
+    stack.wait_status(&a, "dismissed", WAIT).await;
+    let focused = b.js("return document.activeElement.dataset.injectionId || ''").await;
+    assert_eq!(focused, c.as_str());
     b.close().await;
     stack.stop().await;
 }
