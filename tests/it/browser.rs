@@ -1,9 +1,9 @@
 //! The agent panel in a real headless Chromium (WebDriver, see `webdriver`): the real
 //! sign-in flow through the emulator's implicit grant, prompts drawn after their delay and
 //! not before, the countdown and auto-dismiss, the slot limit, click/dismiss/view/feedback
-//! recorded, isolation between agents and conversations, dismissing by keyboard, and resuming a dropped stream
-//! without losing or duplicating prompts. One test also writes the README screenshot,
-//! `docs/panel.png`.
+//! recorded, isolation between agents and conversations, dismissing by keyboard, and
+//! resuming a dropped stream without losing or duplicating prompts. One test also writes the
+//! README screenshot, `docs/panel.png`.
 
 use std::time::{Duration, Instant};
 
