@@ -57,6 +57,10 @@ pub fn document() -> Value {
         }
         if *auth {
             op["security"] = json!([{ "apiKey": [] }]);
+        } else if *path == "/panel/session" {
+            op["security"] = json!([{ "genesysUserToken": [] }]);
+        } else if path.starts_with("/panel/conversations/") || path.starts_with("/panel/injections/") {
+            op["security"] = json!([{ "panelSession": [] }]);
         }
         if *method == "post" && path.ends_with("prompt-injections") {
             op["requestBody"] = json!({
@@ -72,7 +76,17 @@ pub fn document() -> Value {
         "info": { "title": "gc-assist", "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
         "components": {
-            "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": {
+                "apiKey": { "type": "http", "scheme": "bearer" },
+                "genesysUserToken": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "The agent's Genesys Cloud access token (implicit grant), exchanged for a panel session"
+                },
+                "panelSession": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "A panel session from POST /panel/session, scoped to one agent and conversation"
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",

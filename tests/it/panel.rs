@@ -436,6 +436,9 @@ async fn page_config_and_the_emulators_implicit_grant() {
         assert_eq!(r.status(), 200);
         assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ct));
     }
+    let doc: Value = http.get(format!("{}/openapi.json", stack.base)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["paths"]["/panel/conversations/{id}/stream"]["get"]["security"][0]["panelSession"].is_array());
+    assert!(doc["paths"]["/panel/session"]["post"]["security"][0]["genesysUserToken"].is_array());
     let cfg: Value = http.get(format!("{}/panel/config", stack.base)).send().await.unwrap().json().await.unwrap();
     let authorize = format!("{}/oauth/authorize", stack.emu.base_url());
     assert_eq!(cfg["signIn"], true);
@@ -470,4 +473,31 @@ async fn page_config_and_the_emulators_implicit_grant() {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn engagements_need_a_prompt_on_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = PanelStack::start(dir.path()).await;
+    let conv = stack.conversation(AGENT);
+    let session = session_for(&stack, AGENT, &conv).await;
+    // Scheduled, not yet shown: nothing to view, rate, click or dismiss.
+    let a = stack.inject(&conv, "Later", 3, 5000, 10_000).await;
+    for body in [
+        json!({"type": "viewed"}),
+        json!({"type": "feedback", "rating": 1}),
+        json!({"type": "clicked"}),
+        json!({"type": "dismissed"}),
+    ] {
+        let (s, v) = engage(&stack.base, &session, &a, body.clone()).await;
+        assert_eq!((s, v["error"].as_str()), (409, Some("invalid_state")), "{body}: {v}");
+    }
+    assert_eq!(stack.status(&a).await, "scheduled");
+    let rows = stack.engagements().await;
+    assert!(rows.iter().all(|r| r.injection_id.to_string() != a), "nothing recorded: {rows:?}");
+    // A refused view is not remembered: once shown, the same report counts.
+    stack.wait_status(&a, "delivered", Duration::from_secs(8)).await;
+    let (s, v) = engage(&stack.base, &session, &a, json!({"type": "viewed"})).await;
+    assert_eq!((s, v["duplicate"].as_bool()), (200, None), "{v}");
+    stack.stop().await;
 }
