@@ -28,7 +28,11 @@
 //!
 //! Sessions live in memory (only token hashes are kept) and do not survive a restart: the
 //! page's next call gets 401 and it signs in again without the agent noticing (the Genesys
-//! token is still in its tab).
+//! token is still in its tab). The page keeps the agent's Genesys token in the tab's
+//! `sessionStorage` (gone when the tab closes) to renew its session a minute before the end;
+//! the page's Content-Security-Policy admits only its own script, and prompt text is never
+//! parsed as HTML, so no injected content can read it. Sign-in goes through a redirect
+//! inside the widget's frame; the popup variant (`{{gcUsePopupAuth}}`) is not implemented.
 //!
 //! # Error answers (besides the API's common ones)
 //!
