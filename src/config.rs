@@ -59,6 +59,24 @@ pub struct Config {
     pub server: ServerConfig,
     pub webhook: WebhookConfig,
     pub audit: AuditConfig,
+    pub panel: PanelConfig,
+}
+
+/// The agent's prompt panel (the Interaction Widget page) and its sign-in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanelConfig {
+    /// The Genesys OAuth client (Token Implicit Grant) the page signs agents in with; empty
+    /// turns sign-in off (the page says so).
+    pub oauth_client_id: String,
+    /// Lifetime of a panel session; the page renews it before it ends.
+    pub session_ttl_secs: u64,
+    /// How long a validated (agent token, conversation) pair is trusted without asking
+    /// Genesys again.
+    pub validation_cache_secs: u64,
+    /// Base URL of the login host the page sends agents to (`/oauth/authorize`); empty means
+    /// the login host of `genesys.region`. `serve --emulator` points it at the emulator.
+    pub login_base: String,
 }
 
 /// Where the service keeps its durable state.
@@ -275,6 +293,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     if c.server.max_body_bytes == 0 {
         return bad("server.max_body_bytes must be above 0");
+    }
+    if c.panel.session_ttl_secs < 60 {
+        return bad("panel.session_ttl_secs must be at least 60 (the page renews a minute before the end)");
+    }
+    let login = c.panel.login_base.trim();
+    if !(login.is_empty() || login.starts_with("https://") || login.starts_with("http://")) {
+        return bad("panel.login_base must be an http(s) URL such as https://login.mypurecloud.ie, or empty");
     }
     for k in &c.server.api_keys {
         if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

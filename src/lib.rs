@@ -16,6 +16,7 @@
 //! - [`audit`]: audit records of every injection state change.
 //! - [`webhook`]: signed webhooks to the knowledge system.
 //! - [`server`]: the HTTP service (`gc-assist serve`).
+//! - [`panel`]: the agent's prompt panel (Interaction Widget page), sign-in, SSE, engagements.
 //! - [`store`]: durable storage (SQLite): group-commit writer, audit chain head, outbox; all SQL.
 //! - [`cli`]: one file per command of the `gc-assist` binary.
 
@@ -26,6 +27,7 @@ pub mod contract;
 pub mod emulator;
 pub mod genesys;
 pub mod injection;
+pub mod panel;
 pub mod server;
 pub mod store;
 pub mod triggers;

@@ -38,8 +38,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let loaded = ctx.load_config()?;
-    let cfg = &loaded.config;
+    let mut loaded = ctx.load_config()?;
+    if args.emulator && loaded.config.panel.oauth_client_id.trim().is_empty() {
+        // The panel signs agents in against the embedded emulator, which takes any client id.
+        loaded.config.panel.oauth_client_id = "gc-assist-panel".into();
+    }
+    let cfg = &mut loaded.config;
     let channels = Channels::from_names(&cfg.server.channels)?;
     if cfg.server.api_keys.is_empty() {
         eprintln!("warning: no server.api_keys configured; every API call will be refused (401). Create one with `gc-assist keys new --id NAME`");
@@ -48,10 +52,14 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let genesys = if args.emulator {
         let e = emulator::spawn(EmulatorConfig::default()).await.context("cannot start the embedded emulator")?;
         println!("emulator at {}", e.base_url());
+        if cfg.panel.login_base.trim().is_empty() {
+            cfg.panel.login_base = e.base_url();
+        }
         let client = GenesysClient::new(e.client_settings(&cfg.genesys)?)?;
         emu = Some(e);
         Some(client)
-    } else if channels.participant_data {
+    } else if channels.participant_data || !cfg.panel.oauth_client_id.trim().is_empty() {
+        // The participant-data channel writes with it; panel sign-in checks conversations.
         Some(GenesysClient::new(ClientSettings::from_config(&cfg.genesys, loaded.hosts.clone()))?)
     } else {
         None
@@ -59,6 +67,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let bind = args.bind.unwrap_or_else(|| cfg.server.bind.clone());
     let stack = Stack::start(cfg, genesys, &bind).await?;
     println!("gc-assist serving on http://{}", stack.addr);
+    println!("agent panel: http://{}/panel?conversationId=<conversation id>", stack.addr);
     super::shutdown_signal().await;
     eprintln!("stopping: finishing webhook attempts in flight and flushing the store");
     stack.stop().await?;
@@ -138,7 +147,9 @@ impl Stack {
         })
         .await
         .context("cannot start the injection service")?;
-        let state = AppState::new(service, &cfg.server)?;
+        let hosts = crate::genesys::region::resolve(&cfg.genesys.region)?;
+        let panel = crate::panel::PanelAuth::new(&cfg.panel, &hosts, service.genesys().cloned());
+        let state = AppState::new(service, &cfg.server)?.with_panel(panel);
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .with_context(|| format!("cannot listen on {bind}: pick a free address with --bind (e.g. 127.0.0.1:0)"))?;

@@ -1,8 +1,9 @@
 //! A local Genesys Cloud that speaks the real wire format (genesys-api.md), with
 //! scriptable faults: what the demo, the tests and the benchmarks run against.
 //!
-//! One port serves both hosts' paths, like an SDK "gateway" host: `/oauth/token` (login
-//! host) and `/api/v2/...` (API host), plus the notification websockets at
+//! One port serves both hosts' paths, like an SDK "gateway" host: `/oauth/token` and
+//! `/oauth/authorize` (login host; the latter is the agent panel's implicit grant, see
+//! `auth::authorize` for how a test or the demo picks the agent) and `/api/v2/...` (API host), plus the notification websockets at
 //! `/channels/{id}` and admin endpoints at `/__emulator/...`.
 //!
 //! # Layout
@@ -147,6 +148,7 @@ fn router(state: Arc<State>) -> Router {
     use notifications as nt;
     Router::new()
         .route("/oauth/token", post(auth::token))
+        .route("/oauth/authorize", get(auth::authorize))
         .route("/api/v2/tokens/me", get(auth::tokens_me).delete(auth::delete_token))
         .route("/api/v2/users/me", get(auth::users_me))
         .route("/api/v2/conversations/{conversationId}", get(conversations::get_conversation))

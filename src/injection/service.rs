@@ -53,6 +53,7 @@ const TICK_CONCURRENCY: usize = 256;
 
 /// Webhook event types (CONTRACT §5).
 pub const EVENT_INJECTED: &str = "AGENT_ASSIST_PROMPT_INJECTED";
+pub const EVENT_VIEWED: &str = "AGENT_ASSIST_PROMPT_VIEWED";
 pub const EVENT_CLICKED: &str = "AGENT_ASSIST_PROMPT_CLICKED";
 pub const EVENT_DISMISSED: &str = "AGENT_ASSIST_PROMPT_DISMISSED";
 pub const EVENT_EXPIRED: &str = "AGENT_ASSIST_PROMPT_EXPIRED";
@@ -713,7 +714,18 @@ impl Service {
 impl Service {
     /// Writes one status change; on success updates the live map and returns the row as it
     /// now stands.
-    async fn commit_update(&self, mut row: InjectionRow, u: InjectionUpdate) -> Result<InjectionRow, StoreError> {
+    async fn commit_update(&self, row: InjectionRow, u: InjectionUpdate) -> Result<InjectionRow, StoreError> {
+        self.commit_update_by(row, u, None).await
+    }
+
+    /// [`Self::commit_update`], naming the agent whose action it is in the engagement row
+    /// (the row's own agent id, from the rule that created it, otherwise).
+    async fn commit_update_by(
+        &self,
+        mut row: InjectionRow,
+        u: InjectionUpdate,
+        agent_id: Option<&str>,
+    ) -> Result<InjectionRow, StoreError> {
         let id = row.id;
         let status = u.status;
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
@@ -724,6 +736,9 @@ impl Service {
         if let Some(kind) = engagement_for(from, status) {
             let mut e = EngagementRow::of(&row, kind, at);
             e.shown_at = show_at.or(row.show_at);
+            if let Some(a) = agent_id {
+                e.agent_id = Some(a.to_string());
+            }
             ops.push(WriteOp::Engagement(e));
         }
         ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
@@ -756,7 +771,7 @@ impl Service {
                 if ch.panel {
                     let shown = rfc3339(row.show_at.unwrap_or(row.updated_at));
                     let expires = rfc3339(row.expires_at.unwrap_or(row.updated_at));
-                    let data = PanelHub::prompt_data(row.id, &row.content, &shown, &expires);
+                    let data = PanelHub::prompt_data(row.id, &row.content, row.payload.display(), &shown, &expires);
                     self.inner.panel.publish(row.conversation_id, "prompt", data);
                 }
                 if let Some(tx) = &self.inner.pd_tx {
@@ -985,12 +1000,19 @@ impl Service {
         Ok(status)
     }
 
-    /// The agent dismissed or clicked a shown prompt: frees its slot.
-    pub async fn engage(&self, id: Uuid, kind: Engagement, actor: &str) -> Result<InjectionStatus, ServiceError> {
+    /// The agent dismissed or clicked a shown prompt: frees its slot. `agent_id` (the
+    /// signed-in agent's Genesys user id) goes into the engagement row.
+    pub async fn engage(
+        &self,
+        id: Uuid,
+        kind: Engagement,
+        actor: &str,
+        agent_id: Option<&str>,
+    ) -> Result<InjectionStatus, ServiceError> {
         let (ledger, row) = self.with_ledger(id).await?;
         let conv = row.conversation_id;
         let mut guard = ledger.lock().await;
-        let r = self.engage_locked(id, kind, actor, &mut guard).await;
+        let r = self.engage_locked(id, kind, actor, agent_id, &mut guard).await;
         self.release_ledger(conv, &ledger, guard);
         r
     }
@@ -1000,6 +1022,7 @@ impl Service {
         id: Uuid,
         kind: Engagement,
         actor: &str,
+        agent_id: Option<&str>,
         ledger: &mut Ledger,
     ) -> Result<InjectionStatus, ServiceError> {
         let now = self.now_ms();
@@ -1028,7 +1051,7 @@ impl Service {
         let mut u = InjectionUpdate::new(id, row.status, status, now, draft(&row, word, actor, None));
         let since = now.saturating_sub(row.show_at.unwrap_or(now)).max(0);
         u.outbox = self.outbox(&row, event, ms_u64(since), now);
-        let row = match self.commit_update(row, u).await {
+        let row = match self.commit_update_by(row, u, agent_id).await {
             Ok(row) => row,
             Err(e) => {
                 *ledger = snapshot;
@@ -1038,6 +1061,63 @@ impl Service {
         self.deliver(Delivery::Remove { row: Box::new(row), status: word });
         self.apply(ledger, effects, "system").await;
         Ok(status)
+    }
+
+    /// The agent's panel had the prompt visible on screen for at least a second: an audit
+    /// record, an engagement row and the `..._VIEWED` webhook, in one write. No status
+    /// changes and no slot is freed. Only a prompt that reached the screen can be viewed.
+    pub async fn record_viewed(&self, id: Uuid, actor: &str, agent_id: Option<&str>) -> Result<(), ServiceError> {
+        let row = self.shown_row(id, "record a view").await?;
+        let now = self.now_ms();
+        let since = now.saturating_sub(row.show_at.unwrap_or(now)).max(0);
+        let audit = draft(&row, "viewed", actor, None);
+        let outbox = self.outbox(&row, EVENT_VIEWED, ms_u64(since), now);
+        let mut e = EngagementRow::of(&row, EngagementKind::Viewed, now);
+        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        self.write(vec![WriteOp::RecordEvent { audit, outbox }, WriteOp::Engagement(e)]).await?;
+        Ok(())
+    }
+
+    /// The agent rated a prompt (thumbs up `+1`, down `-1`): an audit record and an
+    /// engagement row carrying the rating. No status change and no webhook (CONTRACT §5
+    /// names no feedback event).
+    pub async fn record_feedback(
+        &self,
+        id: Uuid,
+        rating: i8,
+        actor: &str,
+        agent_id: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let rating = rating.signum();
+        let row = self.shown_row(id, "rate").await?;
+        if rating == 0 {
+            return Err(ServiceError::WrongState {
+                id,
+                status: row.status,
+                action: "rate",
+                needs: "a rating of +1 or -1",
+            });
+        }
+        let now = self.now_ms();
+        let audit = draft(&row, "feedback", actor, Some(if rating > 0 { "helpful" } else { "not_helpful" }));
+        let mut e = EngagementRow::of(&row, EngagementKind::Feedback, now);
+        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        e.rating = Some(rating);
+        self.write(vec![WriteOp::RecordEvent { audit, outbox: Vec::new() }, WriteOp::Engagement(e)]).await?;
+        Ok(())
+    }
+
+    /// The row of an injection that has been on screen (shown now, or shown and since
+    /// clicked, dismissed, expired or withdrawn).
+    async fn shown_row(&self, id: Uuid, action: &'static str) -> Result<InjectionRow, ServiceError> {
+        let row = self.live_row(id).await?;
+        use InjectionStatus as S;
+        let was_shown = matches!(row.status, S::Delivered | S::Clicked | S::Dismissed | S::Expired | S::Withdrawn)
+            && row.show_at.is_some();
+        if !was_shown {
+            return Err(ServiceError::WrongState { id, status: row.status, action, needs: "shown on the panel" });
+        }
+        Ok(row)
     }
 
     /// The conversation ended: its armed prompts will never fire and are recorded expired.
@@ -1352,12 +1432,15 @@ mod tests {
         assert_eq!((a.status, b.status), (InjectionStatus::Scheduled, InjectionStatus::Queued));
         // Not shown yet: engaging is refused and changes nothing.
         assert!(matches!(
-            svc.engage(a.injection_id, Engagement::Dismissed, "agent").await,
+            svc.engage(a.injection_id, Engagement::Dismissed, "agent", None).await,
             Err(ServiceError::WrongState { .. })
         ));
         clock.advance(600);
         // engage brings the ledger up to date first: the prompt is shown, then dismissed.
-        assert_eq!(svc.engage(a.injection_id, Engagement::Clicked, "agent").await.unwrap(), InjectionStatus::Clicked);
+        assert_eq!(
+            svc.engage(a.injection_id, Engagement::Clicked, "agent", None).await.unwrap(),
+            InjectionStatus::Clicked
+        );
         assert_eq!(status(&store, b.injection_id).await, InjectionStatus::Scheduled);
         let tl: Vec<String> = store
             .get_injection(a.injection_id)

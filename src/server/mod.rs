@@ -64,6 +64,8 @@ pub enum ServerError {
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<StateInner>,
+    /// The agent panel's sign-in and sessions (off unless [`AppState::with_panel`]).
+    panel: Arc<crate::panel::PanelAuth>,
 }
 
 struct StateInner {
@@ -87,14 +89,29 @@ impl AppState {
                 shutting_down: AtomicBool::new(false),
                 stop: watch::channel(false).0,
             }),
+            panel: Arc::new(crate::panel::PanelAuth::disabled()),
         })
+    }
+
+    /// Turns on the agent panel's sign-in with these settings.
+    pub fn with_panel(self, panel: crate::panel::PanelAuth) -> AppState {
+        AppState { panel: Arc::new(panel), ..self }
+    }
+
+    pub fn panel(&self) -> &crate::panel::PanelAuth {
+        &self.panel
+    }
+
+    /// Fires when the server starts draining: long-lived streams end on it.
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
     }
 
     pub fn service(&self) -> &Service {
         &self.inner.service
     }
 
-    fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -113,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(h::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(h::openapi))
+        .merge(crate::panel::routes())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .with_state(state)

@@ -1,13 +1,16 @@
 //! The one integration-test binary: a module per area, shared helpers in `support`.
 
 mod audit;
+mod browser;
 mod cli;
 mod contract;
 mod crash;
 mod emulator;
 mod genesys;
 mod inject;
+mod panel;
 mod service;
 mod store;
 mod support;
+mod webdriver;
 mod webhook;
