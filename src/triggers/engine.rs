@@ -318,6 +318,8 @@ pub struct ConversationEngine {
     queue: Option<Queue>,
     /// Earliest cooldown end among the slots (`i64::MAX` when none), so events skip the scan.
     next_rearm: i64,
+    /// Slots currently cooling down, so re-arming never scans every rule.
+    cooling: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +355,7 @@ impl ConversationEngine {
             generation: 0,
             queue: None,
             next_rearm: i64::MAX,
+            cooling: Vec::new(),
         }
     }
 
@@ -461,6 +464,7 @@ impl ConversationEngine {
                 slot.phase = Phase::Off;
             }
             self.next_rearm = i64::MAX;
+            self.cooling.clear();
             return Self::finish(rules, out);
         }
         match event {
@@ -610,6 +614,13 @@ impl ConversationEngine {
                 s
             })
             .collect();
+        self.cooling = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.phase, Phase::Cooling { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
         self.next_rearm = self.earliest_rearm();
         let now = self.state.now_ms();
         self.check(rules, fresh, now, out);
@@ -629,9 +640,9 @@ impl ConversationEngine {
     }
 
     fn earliest_rearm(&self) -> i64 {
-        self.slots
+        self.cooling
             .iter()
-            .filter_map(|s| match s.phase {
+            .filter_map(|&i| match self.slots.get(i as usize)?.phase {
                 Phase::Cooling { until, .. } => Some(until),
                 _ => None,
             })
@@ -648,16 +659,21 @@ impl ConversationEngine {
         if now < self.next_rearm {
             return due;
         }
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Phase::Cooling { until, .. } = s.phase {
-                if until <= now {
+        let slots = &mut self.slots;
+        self.cooling.retain(|&i| {
+            let Some(s) = slots.get_mut(i as usize) else { return false };
+            match s.phase {
+                Phase::Cooling { until, .. } if until <= now => {
                     s.phase = Phase::Armed;
                     s.evidence = 0;
                     s.since = until;
-                    due.push(i as u32);
+                    due.push(i);
+                    false
                 }
+                Phase::Cooling { .. } => true,
+                _ => false,
             }
-        }
+        });
         self.next_rearm = self.earliest_rearm();
         due
     }
@@ -686,6 +702,7 @@ impl ConversationEngine {
                     slot.evidence = 0;
                     slot.since = now;
                     self.next_rearm = self.next_rearm.min(until);
+                    self.cooling.push(r);
                     out.push(Decision::Fire {
                         rule_index: i,
                         rule_id: slot.id.clone(),
@@ -698,6 +715,7 @@ impl ConversationEngine {
                     slot.evidence = 0;
                     slot.since = now;
                     self.next_rearm = self.next_rearm.min(until);
+                    self.cooling.push(r);
                     out.push(Decision::Suppressed {
                         rule_index: i,
                         rule_id: slot.id.clone(),
