@@ -9,6 +9,7 @@ mod emulator;
 mod genesys;
 mod inject;
 mod panel;
+mod replay;
 mod service;
 mod store;
 mod support;
