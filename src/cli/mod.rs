@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 
+pub mod adoption;
 pub mod audit;
 pub mod config_cmd;
 pub mod demo;
@@ -69,6 +70,8 @@ pub enum Command {
     /// Create API keys and their hashes for the configuration.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Adoption of the prompts (shown, clicked, dismissed, …) beside Agent Copilot's figures.
+    Adoption(adoption::Args),
 }
 
 impl Command {
@@ -142,6 +145,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
         Command::Audit(c) => audit::run(c, &ctx).await,
         Command::Outbox(c) => outbox::run(c, &ctx).await,
         Command::Keys(c) => keys::run(c, &ctx).await,
+        Command::Adoption(a) => adoption::run(a, &ctx).await,
     }
 }
 
