@@ -183,11 +183,11 @@ pub async fn compute_by_fold(store: &Store, q: &AdoptionQuery) -> Result<Adoptio
     Ok(AdoptionReport::new(q, &fold_streamed(store, q).await?))
 }
 
-/// The demo's closing lines: the adoption summary over everything stored so far, and the
-/// HTML report written to `html` (grouped by prompt and agent).
-pub async fn demo_summary(store: &Store, html: &std::path::Path) -> Result<String, AdoptionError> {
+/// The demo's closing lines: the adoption summary of the last day up to `now_ms` (epoch ms),
+/// and the HTML report written to `html` (grouped by prompt and agent).
+pub async fn demo_summary(store: &Store, html: &std::path::Path, now_ms: i64) -> Result<String, AdoptionError> {
     let tz = FixedOffset::east_opt(0).ok_or_else(|| AdoptionError::Invalid("UTC offset".into()))?;
-    let q = AdoptionQuery::new(0, i64::MAX / 2, tz, vec![GroupBy::Prompt, GroupBy::Agent])?;
+    let q = AdoptionQuery::new((now_ms - 86_400_000).max(0), now_ms + 1, tz, vec![GroupBy::Prompt, GroupBy::Agent])?;
     let mut r = compute(store, &q).await?;
     r.title = "gc-assist demo: adoption".into();
     std::fs::write(html, report::html(&r)).map_err(|source| AdoptionError::Io { path: html.to_path_buf(), source })?;

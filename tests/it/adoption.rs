@@ -481,3 +481,16 @@ async fn api_and_dashboard_answer_admin_keys() {
     store.close().await.unwrap();
     emu.shutdown().await;
 }
+
+#[test]
+fn demo_ends_with_the_adoption_summary_and_report() {
+    let out = support::run(&["demo", "--headless"], &[]);
+    let text = support::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", support::stderr(&out));
+    let summary = text.lines().find(|l| l.contains("Adoption ") && l.contains("shown ")).expect("summary line");
+    // The demo's service shows its prompts: the figures come from its real store.
+    assert!(!summary.contains("shown 0,"), "{summary}");
+    let html = text.lines().find_map(|l| l.trim().strip_prefix("HTML report: ")).expect("report path");
+    let page = std::fs::read_to_string(html).unwrap();
+    assert!(page.contains("id=\"chart-daily\"") && page.contains("id=\"chart-prompt\""));
+}
