@@ -109,8 +109,12 @@ fn sql_path(b: Bencher, by: &str) {
     b.bench(|| {
         let r = f.rt.block_on(adoption::compute(&f.store, &q)).unwrap();
         assert_eq!(
-            (r.totals.shown + r.totals.viewed + r.totals.clicked + r.totals.dismissed + r.totals.expired + r.totals.feedback)
-                as i64,
+            (r.totals.shown
+                + r.totals.viewed
+                + r.totals.clicked
+                + r.totals.dismissed
+                + r.totals.expired
+                + r.totals.feedback) as i64,
             f.rows
         );
         black_box(r)

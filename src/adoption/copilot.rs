@@ -249,7 +249,9 @@ pub async fn fetch(
                 progress(Progress::JobResumed { job_id: s.job_id.clone(), pages: s.pages });
                 state = Some(s);
             }
-            Ok(st) => tracing::info!(job = %s.job_id, state = %st.state, "the saved Copilot job ended; starting a new one"),
+            Ok(st) => {
+                tracing::info!(job = %s.job_id, state = %st.state, "the saved Copilot job ended; starting a new one")
+            }
             Err(e) if e.status() == Some(404) => {
                 tracing::info!(job = %s.job_id, "the saved Copilot job is gone; starting a new one")
             }
@@ -259,10 +261,8 @@ pub async fn fetch(
     let mut state = match state {
         Some(s) => s,
         None => {
-            let q = CopilotAsyncAggregationQuery {
-                query: query(&interval, Some("P1D")),
-                page_size: Some(opts.page_size),
-            };
+            let q =
+                CopilotAsyncAggregationQuery { query: query(&interval, Some("P1D")), page_size: Some(opts.page_size) };
             let job_id = client.copilot_job_create(&q).await?;
             progress(Progress::JobCreated { job_id: job_id.clone() });
             let s = ResumeState {
@@ -365,7 +365,15 @@ mod tests {
         assert_eq!(s.by_engagement_type, BTreeMap::from([("Dismissed".into(), 2), ("Opened".into(), 12)]));
         assert_eq!(s.by_queue["q1"], 12);
         assert_eq!(s.rows.len(), 2);
-        assert_eq!(s.rows[1], CopilotRow { engagement_type: "Opened".into(), suggestion_type: "Script".into(), queue_id: "q1".into(), suggestions: 12 });
+        assert_eq!(
+            s.rows[1],
+            CopilotRow {
+                engagement_type: "Opened".into(),
+                suggestion_type: "Script".into(),
+                queue_id: "q1".into(),
+                suggestions: 12
+            }
+        );
     }
 
     #[test]

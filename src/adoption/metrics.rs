@@ -144,10 +144,8 @@ impl Acc {
                     *self.click_ms.entry(d).or_default() += 1;
                 }
             }
-            EngagementKind::Dismissed => {
-                if since_shown.is_some_and(|d| d <= QUICK_DISMISS_MS) {
-                    self.quick_dismiss += 1;
-                }
+            EngagementKind::Dismissed if since_shown.is_some_and(|d| d <= QUICK_DISMISS_MS) => {
+                self.quick_dismiss += 1;
             }
             EngagementKind::Feedback => match rating {
                 Some(r) if r > 0 => self.feedback_positive += 1,
@@ -282,15 +280,7 @@ impl Fold {
         for g in &q.group_by {
             out.groups.insert(*g, BTreeMap::new());
         }
-        Fold {
-            q,
-            out,
-            known_queue: HashMap::new(),
-            known_agent: HashMap::new(),
-            stash: Vec::new(),
-            by_queue,
-            by_agent,
-        }
+        Fold { q, out, known_queue: HashMap::new(), known_agent: HashMap::new(), stash: Vec::new(), by_queue, by_agent }
     }
 
     /// Adds one event; events outside the interval are ignored.

@@ -28,9 +28,9 @@ use thiserror::Error;
 pub use metrics::{AdoptionQuery, Figures, GroupBy};
 pub use report::AdoptionReport;
 
-use metrics::{day_date, kind_index, Acc, Folded};
 use crate::genesys::GenesysError;
 use crate::store::{AdoptionDimension, EngagementKind, Store, StoreError};
+use metrics::{day_date, kind_index, Acc, Folded};
 
 /// Why an adoption report could not be made.
 #[derive(Debug, Error)]
@@ -70,7 +70,10 @@ pub fn parse_tz(s: &str) -> Result<FixedOffset, AdoptionError> {
         _ => return Err(bad()),
     };
     let digits: String = rest.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || (rest.contains(':') && (rest.len() != 5 || rest.as_bytes()[2] != b':')) {
+    if digits.len() != 4
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (rest.contains(':') && (rest.len() != 5 || rest.as_bytes()[2] != b':'))
+    {
         return Err(bad());
     }
     let h: i32 = digits[..2].parse().map_err(|_| bad())?;
@@ -141,9 +144,8 @@ pub async fn fold_in_sql(store: &Store, q: &AdoptionQuery) -> Result<Folded, Ado
         scans.push(None);
     }
     for (i, g) in scans.iter().enumerate() {
-        let cells = store
-            .adoption_cells(q.from, q.to, q.offset_ms(), metrics::QUICK_DISMISS_MS, g.and_then(dimension))
-            .await?;
+        let cells =
+            store.adoption_cells(q.from, q.to, q.offset_ms(), metrics::QUICK_DISMISS_MS, g.and_then(dimension)).await?;
         let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
         for c in cells {
             if i == 0 {

@@ -16,8 +16,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
 use super::copilot::CopilotSummary;
-use super::metrics::{day_date, AdoptionQuery, Figures, Folded, GroupBy};
 use super::format_instant;
+use super::metrics::{day_date, AdoptionQuery, Figures, Folded, GroupBy};
 
 /// One row of a grouping: its key and figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -266,7 +266,7 @@ const ORANGE: &str = "#d9822b";
 
 /// Columns over time: shown (grey) with clicked (blue) in front, and the adoption rate as a
 /// line on a 0–100 % scale at the right.
-fn daily_chart(rows: &[crate::adoption::report::Row]) -> String {
+fn daily_chart(rows: &[Row]) -> String {
     let (w, h, left, bottom, top) = (760.0, 260.0, 48.0, 40.0, 16.0);
     let n = rows.len().max(1) as f64;
     let plot_w = w - left - 48.0;
@@ -328,7 +328,12 @@ fn daily_chart(rows: &[crate::adoption::report::Row]) -> String {
         );
     }
     if rows.is_empty() {
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"13\">no events in the interval</text>", left + 10.0, top + 40.0);
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"13\">no events in the interval</text>",
+            left + 10.0,
+            top + 40.0
+        );
     }
     s.push_str("</svg>");
     s
@@ -557,7 +562,9 @@ mod tests {
     #[test]
     fn html_is_self_contained_and_escaped() {
         let h = html(&report());
-        assert!(h.contains("id=\"chart-daily\"") && h.contains("id=\"chart-prompt\"") && h.contains("id=\"chart-agent\""));
+        assert!(
+            h.contains("id=\"chart-daily\"") && h.contains("id=\"chart-prompt\"") && h.contains("id=\"chart-agent\"")
+        );
         assert!(h.contains("a&lt;b&gt;") && !h.contains("a<b>"));
         for banned in ["<script", "http://", "https://", "src=", "@import"] {
             let without_ns = h.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");

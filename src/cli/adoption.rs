@@ -91,7 +91,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let store = Store::open(&path, StoreOptions::default())
         .await
         .with_context(|| format!("opening the store {}", path.display()))?;
-    let report = if args.reference { adoption::compute_by_fold(&store, &q).await } else { adoption::compute(&store, &q).await };
+    let report =
+        if args.reference { adoption::compute_by_fold(&store, &q).await } else { adoption::compute(&store, &q).await };
     store.close().await?;
     let mut report = report?;
 

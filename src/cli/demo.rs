@@ -313,7 +313,8 @@ async fn run_service_part(
 
     s.step("Adoption of the prompts shown (issue 6)");
     let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
-    let summary = crate::adoption::demo_summary(&store, &dir.join("adoption.html"), chrono::Utc::now().timestamp_millis()).await;
+    let summary =
+        crate::adoption::demo_summary(&store, &dir.join("adoption.html"), chrono::Utc::now().timestamp_millis()).await;
     store.close().await?;
     for line in summary?.lines() {
         say(line);

@@ -39,7 +39,10 @@ pub fn document() -> Value {
         if path.starts_with("/v1/adoption") {
             let p = |name: &str, description: &str| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } });
             op["parameters"] = json!([
-                p("from", "start (inclusive): 2026-03-01, 2026-03-01T08:00 (in tz) or RFC 3339; default 7 days before to"),
+                p(
+                    "from",
+                    "start (inclusive): 2026-03-01, 2026-03-01T08:00 (in tz) or RFC 3339; default 7 days before to"
+                ),
                 p("to", "end (exclusive), same forms; default now"),
                 p("tz", "UTC offset days are cut at: Z, +02:00, -05:30; default Z"),
                 p("groupBy", "comma list of prompt, rule, queue, agent, day; default prompt"),

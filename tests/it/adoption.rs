@@ -468,7 +468,10 @@ async fn api_and_dashboard_answer_admin_keys() {
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let body = r.text().await.unwrap();
     assert!(body.contains("id=\"chart-daily\"") && body.contains("id=\"chart-agent\""), "{body}");
-    assert_eq!(http.get(format!("{base}/v1/adoption/report")).bearer_auth(INJECTOR).send().await.unwrap().status(), 403);
+    assert_eq!(
+        http.get(format!("{base}/v1/adoption/report")).bearer_auth(INJECTOR).send().await.unwrap().status(),
+        403
+    );
 
     let page = http.get(format!("{base}/adoption")).send().await.unwrap();
     assert_eq!(page.status(), 200);
