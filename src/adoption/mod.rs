@@ -175,14 +175,32 @@ pub async fn fold_streamed(store: &Store, q: &AdoptionQuery) -> Result<Folded, A
     Ok(f.finish())
 }
 
+/// Most prompts given their titles in one report (each is one indexed lookup).
+const MAX_TITLED_PROMPTS: usize = 200;
+
+/// Puts the prompts' titles beside their ids.
+async fn label_prompts(store: &Store, q: &AdoptionQuery, r: &mut AdoptionReport) -> Result<(), AdoptionError> {
+    let Some(rows) = r.groups.get_mut(&GroupBy::Prompt) else { return Ok(()) };
+    let ids: Vec<String> = rows.iter().take(MAX_TITLED_PROMPTS).map(|row| row.key.clone()).collect();
+    let titles: BTreeMap<String, String> = store.prompt_titles(q.from, q.to, &ids).await?.into_iter().collect();
+    for row in rows.iter_mut() {
+        row.label = titles.get(&row.key).cloned();
+    }
+    Ok(())
+}
+
 /// The adoption report (our prompts only) computed in SQL.
 pub async fn compute(store: &Store, q: &AdoptionQuery) -> Result<AdoptionReport, AdoptionError> {
-    Ok(AdoptionReport::new(q, &fold_in_sql(store, q).await?))
+    let mut r = AdoptionReport::new(q, &fold_in_sql(store, q).await?);
+    label_prompts(store, q, &mut r).await?;
+    Ok(r)
 }
 
 /// The same report through the reference fold (slower; for checks and benchmarks).
 pub async fn compute_by_fold(store: &Store, q: &AdoptionQuery) -> Result<AdoptionReport, AdoptionError> {
-    Ok(AdoptionReport::new(q, &fold_streamed(store, q).await?))
+    let mut r = AdoptionReport::new(q, &fold_streamed(store, q).await?);
+    label_prompts(store, q, &mut r).await?;
+    Ok(r)
 }
 
 /// The demo's closing lines: the adoption summary of the last day up to `now_ms` (epoch ms),

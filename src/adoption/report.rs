@@ -23,6 +23,9 @@ use super::metrics::{day_date, AdoptionQuery, Figures, Folded, GroupBy};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     pub key: String,
+    /// What people call it: a prompt's title, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     #[serde(flatten)]
     pub figures: Figures,
 }
@@ -57,7 +60,8 @@ impl AdoptionReport {
     pub fn new(q: &AdoptionQuery, f: &Folded) -> AdoptionReport {
         let mut groups = BTreeMap::new();
         for (g, map) in &f.groups {
-            let mut rows: Vec<Row> = map.iter().map(|(k, a)| Row { key: k.clone(), figures: a.figures() }).collect();
+            let mut rows: Vec<Row> =
+                map.iter().map(|(k, a)| Row { key: k.clone(), label: None, figures: a.figures() }).collect();
             if *g != GroupBy::Day {
                 rows.sort_by(|a, b| b.figures.shown.cmp(&a.figures.shown).then_with(|| a.key.cmp(&b.key)));
             }
@@ -72,10 +76,22 @@ impl AdoptionReport {
             time_zone: tz_label(q.tz),
             group_by: q.group_by.clone(),
             totals: f.total.figures(),
-            daily: f.daily.iter().map(|(d, a)| Row { key: day_date(*d).to_string(), figures: a.figures() }).collect(),
+            daily: f
+                .daily
+                .iter()
+                .map(|(d, a)| Row { key: day_date(*d).to_string(), label: None, figures: a.figures() })
+                .collect(),
             groups,
             copilot: None,
         }
+    }
+}
+
+/// Title and key on two lines, or the key alone.
+fn name(r: &Row) -> String {
+    match &r.label {
+        Some(l) => format!("{l}\n{}", r.key),
+        None => r.key.clone(),
     }
 }
 
@@ -150,7 +166,7 @@ pub fn table(r: &AdoptionReport) -> String {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED).set_header(std::iter::once(g.as_str()).chain(HEADER));
         for row in rows {
-            t.add_row(std::iter::once(row.key.clone()).chain(cells(&row.figures)));
+            t.add_row(std::iter::once(name(row)).chain(cells(&row.figures)));
         }
         if rows.is_empty() {
             let _ = writeln!(out, "by {}: no engagement events in the interval", g.as_str());
@@ -193,20 +209,21 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
 }
 
-/// CSV, one header: `section,key,…figures…,copilotSuggestions`. Sections: `total`, `day`,
+/// CSV, one header: `section,key,label,…figures…,copilotSuggestions`. Sections: `total`, `day`,
 /// each grouping's name, and `copilot` (key `engagementType/suggestionType/queueId`, only
 /// the last column filled). Empty cells are undefined figures (nothing shown).
 pub fn csv(r: &AdoptionReport) -> String {
     let mut out = String::from(
-        "section,key,shown,viewed,clicked,dismissed,expired,feedback,feedbackPositive,feedbackNegative,\
+        "section,key,label,shown,viewed,clicked,dismissed,expired,feedback,feedbackPositive,feedbackNegative,\
          adoptionRate,dismissRate,ignoreRate,medianClickMs,p90ClickMs,dismissedWithin2s,copilotSuggestions\n",
     );
-    let mut line = |section: &str, key: &str, f: &Figures| {
+    let mut line = |section: &str, key: &str, label: Option<&str>, f: &Figures| {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},",
             csv_field(section),
             csv_field(key),
+            csv_field(label.unwrap_or("")),
             f.shown,
             f.viewed,
             f.clicked,
@@ -223,22 +240,22 @@ pub fn csv(r: &AdoptionReport) -> String {
             f.dismissed_within_2s
         );
     };
-    line("total", "", &r.totals);
+    line("total", "", None, &r.totals);
     for row in &r.daily {
-        line("day", &row.key, &row.figures);
+        line("day", &row.key, None, &row.figures);
     }
     for (g, rows) in &r.groups {
         if *g == GroupBy::Day {
             continue;
         }
         for row in rows {
-            line(g.as_str(), &row.key, &row.figures);
+            line(g.as_str(), &row.key, row.label.as_deref(), &row.figures);
         }
     }
     if let Some(c) = &r.copilot {
         for row in &c.rows {
             let key = format!("{}/{}/{}", row.engagement_type, row.suggestion_type, row.queue_id);
-            let _ = writeln!(out, "copilot,{}{}{}", csv_field(&key), ",".repeat(15), row.suggestions);
+            let _ = writeln!(out, "copilot,{}{}{}", csv_field(&key), ",".repeat(16), row.suggestions);
         }
     }
     out
@@ -310,7 +327,9 @@ fn daily_chart(rows: &[Row]) -> String {
         if let Some(rate) = r.figures.adoption_rate {
             points.push(format!("{:.1},{:.1}", x + bar / 2.0, top + plot_h - rate * plot_h));
         }
-        if rows.len() <= 16 || i % rows.len().div_ceil(16) == 0 {
+        // A date label needs about 70 px: label every step-th column so they never overlap.
+        let step = (70.0 / slot).ceil().max(1.0) as usize;
+        if i % step == 0 {
             let _ = write!(
                 s,
                 "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
@@ -353,7 +372,7 @@ fn rate_bars(id: &str, title: &str, rows: &[Row], limit: usize) -> String {
     for (i, r) in rows.iter().enumerate() {
         let y = 8.0 + row_h * i as f64;
         let rate = r.figures.adoption_rate.unwrap_or(0.0);
-        let label: String = r.key.chars().take(40).collect();
+        let label: String = r.label.as_deref().unwrap_or(&r.key).chars().take(40).collect();
         let _ = write!(
             s,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>\
@@ -419,14 +438,14 @@ fn side_by_side_chart(r: &AdoptionReport, c: &CopilotSummary) -> String {
                 n,
                 pct(Some(*n as f64 / total as f64))
             );
-            if width > 60.0 {
+            let text = format!("{k} {}", pct(Some(*n as f64 / total as f64)));
+            if width > text.chars().count() as f64 * 6.5 + 8.0 {
                 let _ = write!(
                     s,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#fff\">{} {}</text>",
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#fff\">{}</text>",
                     x + 4.0,
                     y + 18.0,
-                    esc(k),
-                    pct(Some(*n as f64 / total as f64))
+                    esc(&text)
                 );
             }
             x += width;
@@ -443,7 +462,14 @@ fn figures_table(first: &str, rows: &[Row]) -> String {
     }
     s.push_str("</tr></thead><tbody>");
     for r in rows {
-        let _ = write!(s, "<tr><td>{}</td>", esc(&r.key));
+        match &r.label {
+            Some(l) => {
+                let _ = write!(s, "<tr><td>{}<br><small>{}</small></td>", esc(l), esc(&r.key));
+            }
+            None => {
+                let _ = write!(s, "<tr><td>{}</td>", esc(&r.key));
+            }
+        }
         for c in cells(&r.figures) {
             let _ = write!(s, "<td>{}</td>", esc(&c));
         }
@@ -494,7 +520,7 @@ pub fn html_fragment(r: &AdoptionReport) -> String {
         s.push_str("</tbody></table>");
     }
     s.push_str("<h2>Totals and days</h2>");
-    let total = [Row { key: "total".into(), figures: r.totals.clone() }];
+    let total = [Row { key: "total".into(), label: None, figures: r.totals.clone() }];
     s.push_str(&figures_table("", &total));
     s.push_str(&figures_table("day", &r.daily));
     for (g, rows) in &r.groups {
@@ -554,8 +580,8 @@ mod tests {
         let c = csv(&report());
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(lines.len(), 1 + 1 + 1 + 1 + 1, "{c}");
-        assert!(lines[1].starts_with("total,,1,0,1,0,0,0,0,0,1,0,0,1500,1500,0,"), "{c}");
-        assert!(lines.iter().all(|l| l.split(',').count() == 17), "{c}");
+        assert!(lines[1].starts_with("total,,,1,0,1,0,0,0,0,0,1,0,0,1500,1500,0,"), "{c}");
+        assert!(lines.iter().all(|l| l.split(',').count() == 18), "{c}");
         assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
     }
 

@@ -338,6 +338,37 @@ impl super::Store {
         Ok(out)
     }
 
+    /// The title people know each prompt by: the resolved content of one injection of it
+    /// that has an engagement event in `from <= at < to`. Prompts without one are left out.
+    pub async fn prompt_titles(
+        &self,
+        from: i64,
+        to: i64,
+        prompt_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for id in prompt_ids {
+            let row = sqlx::query(
+                "SELECT content FROM injections WHERE id = (SELECT injection_id FROM engagement_events \
+                 WHERE prompt_id = ? AND at >= ? AND at < ? LIMIT 1)",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err("reading a prompt's title"))?;
+            let Some(row) = row else { continue };
+            let content: &str = get(&row, 0)?;
+            let v: Value = serde_json::from_str(content)
+                .map_err(|e| corrupt(format!("stored content of prompt {id} is not JSON ({e})")))?;
+            if let Some(t) = v.get("title").and_then(Value::as_str) {
+                out.push((id.clone(), t.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// `SELECT count(*)` over the interval: the floor under any adoption query (a baseline).
     pub async fn engagement_count(&self, from: i64, to: i64) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT count(*) FROM engagement_events WHERE at >= ? AND at < ?")

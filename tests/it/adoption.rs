@@ -237,7 +237,7 @@ async fn cli_reports_hand_computed_figures() {
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "{out}");
-    assert!(lines[1].starts_with("total,,5,1,3,1,1,1,1,0,0.6,0.2,0.2,2500,4500,1,"), "{out}");
+    assert!(lines[1].starts_with("total,,,5,1,3,1,1,1,1,0,0.6,0.2,0.2,2500,4500,1,"), "{out}");
 
     // The table for people.
     let (code, out, _) = cli(&db, &range);
@@ -496,4 +496,6 @@ fn demo_ends_with_the_adoption_summary_and_report() {
     let html = text.lines().find_map(|l| l.trim().strip_prefix("HTML report: ")).expect("report path");
     let page = std::fs::read_to_string(html).unwrap();
     assert!(page.contains("id=\"chart-daily\"") && page.contains("id=\"chart-prompt\""));
+    // Prompts carry the titles their injections showed, beside their ids.
+    assert!(page.contains("Refund policy"), "{page}");
 }
