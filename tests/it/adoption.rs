@@ -232,6 +232,30 @@ async fn cli_reports_hand_computed_figures() {
     assert_eq!(v["totals"]["adoptionRate"], Value::Null);
     assert_eq!(v["daily"], serde_json::json!([]));
 
+    // The hidden --reference flag folds every row instead: the same report.
+    let (_, sql, _) = cli(&db, &[&range[..], &["--group-by", "prompt,rule,queue,agent,day", "--json"]].concat());
+    let (code, reference, err) =
+        cli(&db, &[&range[..], &["--group-by", "prompt,rule,queue,agent,day", "--json", "--reference"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&sql).unwrap(), serde_json::from_str::<Value>(&reference).unwrap());
+
+    // Copilot beside ours: a long range goes through an async job, its state file gone after.
+    let state = dir.path().join("copilot-state.json");
+    let (code, out, err) = cli(
+        &db,
+        &[
+            &range[..],
+            &["--emulator", "--copilot-sync-days", "1", "--copilot-state", state.to_str().unwrap(), "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["copilot"]["source"], "job");
+    assert!(v["copilot"]["pages"].as_u64().unwrap() >= 1);
+    assert!(v["copilot"]["byEngagementType"]["Opened"].as_u64().unwrap() > 0, "{out}");
+    assert!(!state.exists());
+
     // CSV: a header, total, two days, two prompts.
     let (code, out, _) = cli(&db, &[&range[..], &["--csv"]].concat());
     assert_eq!(code, 0);
