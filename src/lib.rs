@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //!
+//! - [`adoption`]: adoption analytics over engagement events, beside Agent Copilot's figures.
 //! - [`config`]: settings, layered built-in defaults ← `gc-assist.toml` ← environment.
 //! - [`contract`]: the injection payload, its validation, JSON Schema and the prompt catalogue.
 //! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing.
@@ -21,6 +22,7 @@
 //! - [`store`]: durable storage (SQLite): group-commit writer, audit chain head, outbox; all SQL.
 //! - [`cli`]: one file per command of the `gc-assist` binary.
 
+pub mod adoption;
 pub mod audit;
 pub mod cli;
 pub mod config;

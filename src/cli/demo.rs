@@ -310,6 +310,16 @@ async fn run_service_part(
     std::fs::write(&own, text)?;
     say(format!("check it yourself: gc-assist --config {} audit verify", own.display()));
     receiver.shutdown().await;
+
+    s.step("Adoption of the prompts shown (issue 6)");
+    let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
+    let summary =
+        crate::adoption::demo_summary(&store, &dir.join("adoption.html"), chrono::Utc::now().timestamp_millis()).await;
+    store.close().await?;
+    for line in summary?.lines() {
+        say(line);
+    }
+    say(format!("more: gc-assist --config {} adoption --group-by prompt,agent --html report.html", own.display()));
     Ok(())
 }
 

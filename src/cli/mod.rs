@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 
+pub mod adoption;
 pub mod audit;
 pub mod config_cmd;
 pub mod demo;
@@ -72,6 +73,8 @@ pub enum Command {
     Keys(keys::KeysCommand),
     /// Backtest a rules file over recorded calls (fires, timing, precision and recall).
     Replay(replay::Args),
+    /// Adoption of the prompts (shown, clicked, dismissed, …) beside Agent Copilot's figures.
+    Adoption(adoption::Args),
 }
 
 impl Command {
@@ -146,6 +149,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
         Command::Outbox(c) => outbox::run(c, &ctx).await,
         Command::Keys(c) => keys::run(c, &ctx).await,
         Command::Replay(a) => replay::run(a),
+        Command::Adoption(a) => adoption::run(a, &ctx).await,
     }
 }
 

@@ -16,7 +16,9 @@
 //! |---|---|---|
 //! | 400 | `invalid_json`, `invalid_encoding`, `invalid_idempotency_key` | not JSON, not UTF-8, a bad `Idempotency-Key` |
 //! | 401 | `unauthorized` | no, malformed or unknown `Authorization: Bearer` key |
-//! | 403 | `forbidden` | an injector key on an admin route (`.../fire`) |
+//! | 400 | `invalid_query` | a bad `from`, `to`, `tz` or `groupBy` on `/v1/adoption` |
+//! | 403 | `forbidden` | an injector key on an admin route (`.../fire`, `/v1/adoption`) |
+//! | 502 | `genesys_failed` | `/v1/adoption?copilot=true` and Genesys failed |
 //! | 404 | `not_found` | unknown or malformed id, unknown route |
 //! | 405 | `method_not_allowed` | a known route with another method |
 //! | 409 | `capacity` (+ `retryAfterMs`), `invalid_state`, `idempotency_conflict` | no slot and `onCapacity: reject`; cancelling/firing an injection in the wrong state |
@@ -29,6 +31,7 @@
 //! Idempotency: only 201 answers are stored and replayed (24 h, per API key); a refused
 //! request (409, 422) can simply be sent again.
 
+mod adoption;
 pub mod auth;
 pub mod error;
 mod handlers;
@@ -126,6 +129,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/prompt-injections/{id}/fire", post(h::fire))
         .route("/v1/conversations/{id}/prompts", get(h::conversation_prompts))
         .route("/v1/conversations/{id}/stream", get(h::stream))
+        .route("/v1/adoption", get(adoption::report_json))
+        .route("/v1/adoption/report", get(adoption::report_html))
+        .route("/adoption", get(adoption::dashboard))
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/metrics", get(metrics::render))

@@ -34,6 +34,9 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
         "Report viewed, clicked, dismissed or feedback (Bearer: a panel session)",
         false,
     ),
+    ("get", "/v1/adoption", "Adoption figures (admin): from, to, tz, groupBy, copilot", true),
+    ("get", "/v1/adoption/report", "The adoption report body with SVG charts, HTML (admin)", true),
+    ("get", "/adoption", "The adoption dashboard page (asks for an admin key)", false),
     ("get", "/healthz", "The process is up", false),
     ("get", "/readyz", "The store is writable and the server is not shutting down", false),
     ("get", "/metrics", "Prometheus metrics", false),
@@ -54,6 +57,19 @@ pub fn document() -> Value {
         });
         if path.contains("{id}") {
             op["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
+        }
+        if path.starts_with("/v1/adoption") {
+            let p = |name: &str, description: &str| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } });
+            op["parameters"] = json!([
+                p(
+                    "from",
+                    "start (inclusive): 2026-03-01, 2026-03-01T08:00 (in tz) or RFC 3339; default 7 days before to"
+                ),
+                p("to", "end (exclusive), same forms; default now"),
+                p("tz", "UTC offset days are cut at: Z, +02:00, -05:30; default Z"),
+                p("groupBy", "comma list of prompt, rule, queue, agent, day; default prompt"),
+                p("copilot", "true adds Agent Copilot's figures (the service needs Genesys)"),
+            ]);
         }
         if *auth {
             op["security"] = json!([{ "apiKey": [] }]);

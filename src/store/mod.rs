@@ -65,6 +65,7 @@ pub use model::{
     RecoverySet, Redrive, Source, IDEMPOTENCY_TTL_MS,
 };
 pub use ops::{BatchOutcome, WriteBatch, WriteOp};
+pub use read::{AdoptionCell, AdoptionDimension};
 pub use writer::WriterStats;
 
 /// The migrations under `migrations/sqlite`, compiled in.

@@ -1,5 +1,6 @@
 //! The one integration-test binary: a module per area, shared helpers in `support`.
 
+mod adoption;
 mod audit;
 mod browser;
 mod cli;
