@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::auth::Principal;
 use super::error::ApiError;
 use super::faults::{self, FaultSpec, Faults};
-use super::state::{lock, State};
 use super::replay::{self, ReplayRequest};
+use super::state::{lock, State};
 use super::{conversations, NewConversation};
 
 pub fn routes() -> Router<Arc<State>> {

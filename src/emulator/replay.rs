@@ -49,8 +49,9 @@ impl Speed {
         if t.eq_ignore_ascii_case("max") {
             return Ok(Speed::Max);
         }
-        let x: f64 =
-            t.parse().map_err(|_| format!("speed must be a number (1 = real time, 10 = ten times faster) or `max`, not {t:?}"))?;
+        let x: f64 = t.parse().map_err(|_| {
+            format!("speed must be a number (1 = real time, 10 = ten times faster) or `max`, not {t:?}")
+        })?;
         Speed::from_factor(x)
     }
 
@@ -202,11 +203,9 @@ pub(crate) fn start(state: &Arc<State>, spec: ReplaySpec) -> Result<ReplayStarte
         for id in &spec.conversation_ids {
             match chosen.iter().find(|c| &c.info.conversation_id == id) {
                 Some(c) => out.push(c.clone()),
-                None => {
-                    return Err(invalid(format!(
-                        "conversation {id} is not a recorded call of this emulator; list them with GET /__emulator/calls"
-                    )))
-                }
+                None => return Err(invalid(format!(
+                    "conversation {id} is not a recorded call of this emulator; list them with GET /__emulator/calls"
+                ))),
             }
         }
         out

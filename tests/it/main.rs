@@ -7,6 +7,7 @@ mod crash;
 mod emulator;
 mod genesys;
 mod inject;
+mod live;
 mod service;
 mod store;
 mod support;
