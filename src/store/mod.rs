@@ -61,7 +61,7 @@ use crate::audit::{AuditError, AuditRecord, Chain};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use model::{
     new_message_id, AuditHead, DisabledEndpoint, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate,
-    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Redrive, Source,
+    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Redrive, RuleFireRow, Source,
     IDEMPOTENCY_TTL_MS,
 };
 pub use ops::{BatchOutcome, WriteBatch, WriteOp};
