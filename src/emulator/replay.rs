@@ -203,9 +203,11 @@ pub(crate) fn start(state: &Arc<State>, spec: ReplaySpec) -> Result<ReplayStarte
         for id in &spec.conversation_ids {
             match chosen.iter().find(|c| &c.info.conversation_id == id) {
                 Some(c) => out.push(c.clone()),
-                None => return Err(invalid(format!(
+                None => {
+                    return Err(invalid(format!(
                     "conversation {id} is not a recorded call of this emulator; list them with GET /__emulator/calls"
-                ))),
+                )))
+                }
             }
         }
         out

@@ -284,3 +284,438 @@ async fn replay_admin_endpoint_and_bursts() {
     assert!(client(&e).get_conversation(copy).await.is_ok());
     n.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The live trigger runtime, end to end: emulator replay → notifications → rule engine →
+// injection service → panel stream.
+
+mod e2e {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use gc_assist::config::{ApiKeyConfig, Config};
+    use gc_assist::contract::payload::{PromptContent, TriggerCondition};
+    use gc_assist::contract::Priority;
+    use gc_assist::emulator::{CallInfo, Emulator, ReplaySpec, Speed};
+    use gc_assist::injection::service::{Channels, Service, ServiceDeps};
+    use gc_assist::server::{self, key_hash_hex, AppState};
+    use gc_assist::store::{Store, StoreOptions, SystemClock};
+    use gc_assist::triggers::live::{LiveDeps, LiveRuntime};
+    use gc_assist::triggers::{CompiledRules, Rule, RulePrompt, RuleSet};
+    use serde_json::{json, Value};
+    use tokio::sync::{oneshot, watch};
+
+    use super::{client, emu, settings};
+    use crate::support;
+
+    const KEY: &str = "live-test-key";
+
+    pub(crate) struct Stack {
+        pub base: String,
+        pub store: Store,
+        pub runtime: Option<LiveRuntime>,
+        pub rules: watch::Sender<Arc<CompiledRules>>,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Stack {
+        pub async fn stop(mut self) {
+            if let Some(rt) = self.runtime.take() {
+                rt.stop().await;
+            }
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(t) = self.task.take() {
+                let _ = t.await;
+            }
+            let _ = self.store.close().await;
+        }
+    }
+
+    pub(crate) async fn start(dir: &std::path::Path, e: &Emulator, rules: Vec<Rule>) -> Stack {
+        let mut cfg = Config::defaults().server;
+        cfg.api_keys = vec![ApiKeyConfig { id: "k".into(), sha256: key_hash_hex(KEY), role: "admin".into() }];
+        cfg.channels = vec!["panel".into()];
+        let store = Store::open(&dir.join("live.db"), StoreOptions::default()).await.expect("store");
+        let service = Service::start(ServiceDeps {
+            store: store.clone(),
+            catalogue: None,
+            channels: Channels::from_names(&cfg.channels).expect("channels"),
+            genesys: Some(client(e)),
+            clock: Arc::new(SystemClock),
+            global_webhooks: vec![],
+            on_commit: None,
+            attribute_prefix: "gcAssist".into(),
+        })
+        .await
+        .expect("service");
+        let compiled = CompiledRules::compile(&RuleSet { origin: "test".into(), rules }, None).expect("rules");
+        let (rules_tx, rules_rx) = watch::channel(Arc::new(compiled));
+        let mut queues: Vec<String> = e.calls().into_iter().map(|c| c.queue_id).collect();
+        queues.sort();
+        queues.dedup();
+        let runtime = LiveRuntime::start(LiveDeps {
+            service: service.clone(),
+            client: client(e),
+            queues,
+            rules: rules_rx,
+            notifications: settings(),
+        })
+        .await
+        .expect("live runtime");
+        let state = AppState::new(service, &cfg).expect("app state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = server::serve(state, listener, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Stack { base, store, runtime: Some(runtime), rules: rules_tx, stop: Some(tx), task: Some(task) }
+    }
+
+    /// A call to replay and a keyword its customer first says late in the call: the
+    /// labelled call with the fewest lines, and a word of a labelled final customer
+    /// utterance that no earlier final customer utterance contains.
+    pub(crate) struct Target {
+        pub call: CallInfo,
+        pub keyword: String,
+        /// recordedAt offset of the line that says it, from the call's first line (ms).
+        pub offset_ms: i64,
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .map(|w| w.to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect()
+    }
+
+    pub(crate) fn target(e: &Emulator) -> Target {
+        let dir = support::shared_calls();
+        let index: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("calls.json")).expect("calls.json")).expect("json");
+        let mut best: Option<(usize, Target)> = None;
+        for entry in index["calls"].as_array().expect("calls") {
+            let labels: Vec<&str> = entry["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["customerUtteranceId"].as_str())
+                .collect();
+            if labels.is_empty() {
+                continue;
+            }
+            let text = std::fs::read_to_string(dir.join(entry["file"].as_str().expect("file"))).expect("call file");
+            let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            if best.as_ref().is_some_and(|(n, _)| *n <= lines.len()) {
+                continue;
+            }
+            let t0 = chrono::DateTime::parse_from_rfc3339(lines[0]["recordedAt"].as_str().expect("at")).expect("time");
+            let mut heard: std::collections::HashSet<String> = Default::default();
+            let mut found = None;
+            'lines: for l in &lines {
+                for t in l["eventBody"]["transcripts"].as_array().into_iter().flatten() {
+                    if t["isFinal"] != true || t["channel"] != "EXTERNAL" {
+                        continue;
+                    }
+                    let said = words(t["alternatives"][0]["transcript"].as_str().unwrap_or(""));
+                    let labelled = t["utteranceId"].as_str().is_some_and(|u| labels.contains(&u));
+                    if labelled {
+                        if let Some(w) = said
+                            .iter()
+                            .find(|w| w.len() >= 5 && w.chars().all(|c| c.is_ascii_lowercase()) && !heard.contains(*w))
+                        {
+                            let at =
+                                chrono::DateTime::parse_from_rfc3339(l["recordedAt"].as_str().expect("at")).expect("t");
+                            found = Some((w.clone(), (at - t0).num_milliseconds()));
+                            break 'lines;
+                        }
+                    }
+                    heard.extend(said);
+                }
+            }
+            if let Some((keyword, offset_ms)) = found {
+                let id = entry["conversationId"].as_str().expect("id");
+                let call = e.calls().into_iter().find(|c| c.conversation_id == id).expect("loaded");
+                best = Some((lines.len(), Target { call, keyword, offset_ms }));
+            }
+        }
+        best.expect("a labelled call with a keyword").1
+    }
+
+    pub(crate) fn rule(id: &str, keyword: &str, shadow: bool) -> Rule {
+        let content = PromptContent {
+            title: format!("Rule {id}"),
+            body: format!("The customer said {keyword}."),
+            url: None,
+            priority: Priority::Normal,
+        };
+        let mut r = Rule::new(
+            id,
+            RulePrompt::Inline(content),
+            vec![TriggerCondition::Keyword { phrase: keyword.to_string(), threshold: None }],
+        );
+        r.display.delay_ms = 1000;
+        r.shadow = shadow;
+        r
+    }
+
+    /// Reads SSE frames until a named event arrives; returns (event, data).
+    pub(crate) async fn next_event(
+        resp: &mut reqwest::Response,
+        buf: &mut String,
+        within: Duration,
+    ) -> Option<(String, Value)> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let (mut ev, mut data) = (String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if ev.is_empty() {
+                    continue;
+                }
+                return Some((ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+            let left = until.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, resp.chunk()).await {
+                Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+                _ => return None,
+            }
+        }
+    }
+
+    pub(crate) async fn open_stream(base: &str, conv: &str) -> reqwest::Response {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/v1/conversations/{conv}/stream"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(resp.status(), 200);
+        resp
+    }
+
+    async fn get(base: &str, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    async fn wait_status(base: &str, id: &str, want: &str, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let s = get(base, &format!("/v1/prompt-injections/{id}")).await;
+            if s["status"] == want {
+                return;
+            }
+            assert!(Instant::now() < until, "injection {id}: expected {want}, got {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn wall_ms() -> i64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    }
+
+    fn ms_of(rfc3339: &Value) -> i64 {
+        rfc3339
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(i64::MAX)
+    }
+
+    /// A rule fires from the replayed transcript, its prompt reaches the panel stream
+    /// `delayMs` after the fire and not before; an API-armed keyword fires too; a shadow
+    /// rule shows nothing but is recorded; the end expires what stayed armed.
+    #[tokio::test]
+    async fn replayed_call_fires_rules_and_armed_injections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = emu().await;
+        let t = target(&e);
+        let conv = t.call.conversation_id.clone();
+        let stack =
+            start(dir.path(), &e, vec![rule("live-rule", &t.keyword, false), rule("shadow-rule", &t.keyword, true)])
+                .await;
+        let http = reqwest::Client::new();
+        let armed = |phrase: &str| {
+            json!({
+                "conversationId": conv,
+                "promptId": "d4e5f6a7-b8c9-4123-8567-890abcdef123",
+                "triggerConditions": [{"type": "keyword", "value": phrase}],
+                "displaySettings": {"delayMs": 500, "maxConcurrentPrompts": 3, "autoDismissMs": 60000},
+                "prompt": {"title": "Armed", "body": "Armed through the API."}
+            })
+        };
+        let mut ids = Vec::new();
+        for phrase in [t.keyword.as_str(), "zebra xylophone"] {
+            let r: Value = http
+                .post(format!("{}/v1/prompt-injections", stack.base))
+                .bearer_auth(KEY)
+                .json(&armed(phrase))
+                .send()
+                .await
+                .expect("post")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(r["status"], "armed", "{r}");
+            ids.push(r["injectionId"].as_str().expect("id").to_string());
+        }
+        let mut sse = open_stream(&stack.base, &conv).await;
+        let mut buf = String::new();
+        let speed = 20.0;
+        let started = Instant::now();
+        e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
+            .expect("replay");
+        let said_at = Duration::from_millis((t.offset_ms as f64 / speed) as u64);
+        let mut shown = Vec::new();
+        while shown.len() < 2 {
+            let (ev, data) = next_event(&mut sse, &mut buf, Duration::from_secs(60)).await.expect("prompts shown");
+            if ev == "prompt" {
+                assert!(
+                    started.elapsed() >= said_at,
+                    "shown at {:?}, before the keyword ({said_at:?})",
+                    started.elapsed()
+                );
+                shown.push((data, wall_ms()));
+            }
+        }
+        for (data, seen_ms) in &shown {
+            let id = data["injectionId"].as_str().expect("id");
+            let full = get(&stack.base, &format!("/v1/prompt-injections/{id}")).await;
+            let delay = full["payload"]["displaySettings"]["delayMs"].as_i64().expect("delay");
+            let accepted = full["timeline"][0]["timestamp"].clone();
+            let fired = full["timeline"].as_array().expect("timeline").iter().find(|r| r["status"] == "scheduled");
+            let admitted = ms_of(&fired.map(|r| r["timestamp"].clone()).unwrap_or(accepted));
+            assert!(
+                seen_ms - admitted >= delay - 5,
+                "shown {} ms after admission, delayMs {delay}: {full}",
+                seen_ms - admitted
+            );
+            if full["source"] == "rule" {
+                assert_eq!(full["ruleId"], "live-rule");
+                assert_eq!(full["prompt"]["title"], "Rule live-rule");
+            } else {
+                assert_eq!(id, ids[0], "the API-armed keyword fired: {full}");
+            }
+        }
+        assert!(shown.iter().any(|(d, _)| d["title"] == "Rule live-rule"), "{shown:?}");
+        // The end of the call expires the injection whose keyword never came.
+        wait_status(&stack.base, &ids[1], "expired", Duration::from_secs(60)).await;
+        // Nothing else was shown: the shadow rule only left a record.
+        assert!(next_event(&mut sse, &mut buf, Duration::from_millis(300)).await.is_none_or(|(ev, _)| ev != "prompt"));
+        let conv_id = uuid::Uuid::parse_str(&conv).expect("uuid");
+        let mut records = Vec::new();
+        for _ in 0..100 {
+            records = stack.store.rule_fires(Some(conv_id), 100).await.expect("rule fires");
+            if records.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outcomes: Vec<(String, String)> = records.iter().map(|r| (r.rule_id.clone(), r.outcome.clone())).collect();
+        assert!(outcomes.contains(&("shadow-rule".into(), "shadow".into())), "{outcomes:?}");
+        assert!(outcomes.contains(&("live-rule".into(), "fired".into())), "{outcomes:?}");
+        assert!(records.iter().any(|r| r.outcome == "fired" && r.injection_id.is_some()));
+        let rt = stack.runtime.as_ref().expect("runtime");
+        assert_eq!(rt.stats().shadow_fires.load(std::sync::atomic::Ordering::Relaxed), 1);
+        drop(sse);
+        stack.stop().await;
+    }
+
+    /// A dropped websocket and an expired channel in the middle of the call lose no trigger.
+    #[tokio::test]
+    async fn socket_drop_and_channel_expiry_mid_call_lose_no_trigger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = emu().await;
+        let t = target(&e);
+        let conv = t.call.conversation_id.clone();
+        let stack = start(dir.path(), &e, vec![rule("live-rule", &t.keyword, false)]).await;
+        let mut sse = open_stream(&stack.base, &conv).await;
+        let mut buf = String::new();
+        let speed = 10.0;
+        e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
+            .expect("replay");
+        // Once the conversation is live (its transcript subscribed), break things.
+        let rt = stack.runtime.as_ref().expect("runtime");
+        let until = Instant::now() + Duration::from_secs(20);
+        while rt.stats().conversations_started.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < until, "the conversation never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let keyword_at = Duration::from_millis((t.offset_ms as f64 / speed) as u64);
+        tokio::time::sleep(keyword_at.min(Duration::from_millis(600)) / 3).await;
+        e.faults().drop_sockets();
+        tokio::time::sleep(keyword_at.min(Duration::from_millis(600)) / 3).await;
+        assert!(e.faults().expire_channels() >= 1);
+        let (ev, data) = loop {
+            let got = next_event(&mut sse, &mut buf, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("the rule never fired: {:?} {:?}", rt.stats(), rt.notifications().stats()));
+            if got.0 == "prompt" {
+                break got;
+            }
+        };
+        assert_eq!((ev.as_str(), data["title"].as_str()), ("prompt", Some("Rule live-rule")));
+        let s = rt.notifications().stats();
+        assert!(s.reconnects >= 1 && s.channels_gone >= 1, "{s:?}");
+        drop(sse);
+        stack.stop().await;
+    }
+}
+
+/// Rules reloaded while a call is live apply to it (its state is kept).
+#[tokio::test]
+async fn hot_reloaded_rules_apply_to_live_conversations() {
+    use gc_assist::triggers::{CompiledRules, RuleSet};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = emu().await;
+    let t = e2e::target(&e);
+    let conv = t.call.conversation_id.clone();
+    let stack = e2e::start(dir.path(), &e, Vec::new()).await;
+    let mut sse = e2e::open_stream(&stack.base, &conv).await;
+    let mut buf = String::new();
+    let speed = 10.0;
+    e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
+        .expect("replay");
+    let rt = stack.runtime.as_ref().expect("runtime");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while rt.stats().conversations_started.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < until, "the conversation never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let set = RuleSet { origin: "reloaded".into(), rules: vec![e2e::rule("reloaded-rule", &t.keyword, false)] };
+    stack.rules.send_replace(Arc::new(CompiledRules::compile(&set, None).expect("compile")));
+    let (ev, data) = loop {
+        let got = e2e::next_event(&mut sse, &mut buf, Duration::from_secs(30)).await.expect("the reloaded rule fired");
+        if got.0 == "prompt" {
+            break got;
+        }
+    };
+    assert_eq!((ev.as_str(), data["title"].as_str()), ("prompt", Some("Rule reloaded-rule")));
+    assert!(rt.stats().reloads.load(Ordering::Relaxed) >= 1);
+    drop(sse);
+    stack.stop().await;
+}
