@@ -18,6 +18,7 @@ pub mod keys;
 pub mod outbox;
 pub mod prompts;
 pub mod regions;
+pub mod replay;
 pub mod schema;
 pub mod serve;
 pub mod validate;
@@ -69,6 +70,8 @@ pub enum Command {
     /// Create API keys and their hashes for the configuration.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Backtest a rules file over recorded calls (fires, timing, precision and recall).
+    Replay(replay::Args),
 }
 
 impl Command {
@@ -142,6 +145,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
         Command::Audit(c) => audit::run(c, &ctx).await,
         Command::Outbox(c) => outbox::run(c, &ctx).await,
         Command::Keys(c) => keys::run(c, &ctx).await,
+        Command::Replay(a) => replay::run(a),
     }
 }
 
