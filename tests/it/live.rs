@@ -719,3 +719,103 @@ async fn hot_reloaded_rules_apply_to_live_conversations() {
     drop(sse);
     stack.stop().await;
 }
+
+/// `gc-assist serve --emulator --record DIR` with a rules file: a replay through the embedded
+/// emulator fires rules from live transcripts, durably recorded, and the notifications are
+/// written as JSONL.
+#[test]
+fn serve_binary_fires_rules_from_a_replay_and_records() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use gc_assist::store::{Store, StoreOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = dir.path().join("gc-assist.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = {:?}\n[audit]\nkey_file = {:?}\nanchor_file = {:?}\n[server]\nchannels = [\"panel\"]\n\
+             [catalogue]\npath = {:?}\n[triggers]\nrules_file = {:?}\nheartbeat_secs = 1\n",
+            dir.path().join("serve.db"),
+            dir.path().join("audit.key"),
+            dir.path().join("anchors.jsonl"),
+            root.join("examples/prompts.yaml"),
+            root.join("examples/rules.yaml"),
+        ),
+    )
+    .expect("config");
+    let record = dir.path().join("recorded");
+    let mut child = Command::new(support::bin())
+        .args(["serve", "--emulator", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--record")
+        .arg(&record)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut emulator = String::new();
+    loop {
+        let line = lines.next().expect("serve printed its addresses").expect("line");
+        if let Some(rest) = line.strip_prefix("emulator at ") {
+            emulator = rest.trim().to_string();
+        }
+        if line.starts_with("live triggers watching") {
+            break;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let started: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{emulator}/__emulator/replay"))
+            .body(r#"{"speed": 50}"#)
+            .send()
+            .await
+            .expect("replay")
+            .json()
+            .await
+            .expect("json")
+    });
+    let conversations = started["conversationIds"].as_array().expect("ids").len();
+    assert!(conversations >= 1, "{started}");
+    // Wait for the replay to finish (every call's last line recorded).
+    rt.block_on(async {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status: Value = reqwest::Client::new()
+                .get(format!("{emulator}/__emulator/replay"))
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            if status["replays"][0]["done"] == true {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "the replay did not finish: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the last events and fires land.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    });
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("exit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<_> = std::fs::read_dir(&record).expect("record dir").filter_map(Result::ok).collect();
+    assert_eq!(files.len(), conversations, "one recording per conversation");
+    for f in &files {
+        let text = std::fs::read_to_string(f.path()).expect("recording");
+        assert!(text.contains(".transcription\""), "{}", f.path().display());
+        assert!(text.lines().all(|l| l.starts_with("{\"recordedAt\":")));
+    }
+    let store = rt.block_on(Store::open(&dir.path().join("serve.db"), StoreOptions::default())).expect("store");
+    let fires = rt.block_on(store.rule_fires(None, 1000)).expect("rule fires");
+    rt.block_on(store.close()).expect("close");
+    assert!(fires.iter().any(|f| f.outcome == "fired" && f.injection_id.is_some()), "{fires:?}");
+}
