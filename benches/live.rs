@@ -307,7 +307,9 @@ async fn run(p: Params) {
     println!();
     println!("| measure | p50 | p99 | max | n |");
     println!("|---|---|---|---|---|");
-    for (what, v) in [("trigger → panel, minus delayMs (live path)", &live), ("accept → panel, minus delayMs (baseline)", &base)] {
+    for (what, v) in
+        [("trigger → panel, minus delayMs (live path)", &live), ("accept → panel, minus delayMs (baseline)", &base)]
+    {
         println!(
             "| {what} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             percentile(v, 0.5),

@@ -98,6 +98,12 @@ impl Faults {
         notifications::close_all_sockets(&self.state, after);
     }
 
+    /// Silence every notification websocket (no events, heartbeats or pongs) while keeping
+    /// the connection open, like a half-open TCP connection. Returns how many.
+    pub fn mute_sockets(&self) -> usize {
+        notifications::mute_all_sockets(&self.state)
+    }
+
     /// Expire every notification channel now (as at the end of its lifetime): sockets are
     /// closed, and the channel answers 404 from then on. Returns how many channels went.
     pub fn expire_channels(&self) -> usize {
@@ -201,6 +207,8 @@ pub struct FaultSpec {
     pub close_sockets: Option<CloseSockets>,
     #[serde(default)]
     pub expire_channels: bool,
+    #[serde(default)]
+    pub mute_sockets: bool,
     pub burst: Option<Burst>,
 }
 
@@ -296,6 +304,9 @@ impl FaultSpec {
         }
         if self.expire_channels {
             faults.expire_channels();
+        }
+        if self.mute_sockets {
+            faults.mute_sockets();
         }
         if let Some(b) = &self.burst {
             faults.burst(b.lines);

@@ -48,6 +48,9 @@ pub enum Outbound {
     Close(u16, &'static str),
     /// Stop without a closing handshake (a dropped connection).
     Drop,
+    /// Keep the connection open but send nothing more, not even heartbeats or pongs (a
+    /// half-open connection): the client must notice the silence.
+    Mute,
 }
 
 #[derive(Debug)]
@@ -432,6 +435,22 @@ pub fn drop_all_sockets(state: &State) {
     }
 }
 
+/// Make every socket silent while its TCP connection stays open (see [`Outbound::Mute`]).
+/// The channel counts as disconnected from now on, so its events go to the reconnect
+/// grace queue like after a drop.
+pub fn mute_all_sockets(state: &State) -> usize {
+    let mut n = lock(&state.notifications);
+    let mut muted = 0;
+    for ch in n.channels.values_mut() {
+        if let Some(s) = ch.socket.take() {
+            let _ = s.tx.send(Outbound::Mute);
+            ch.dropped_at = Some(Instant::now());
+            muted += 1;
+        }
+    }
+    muted
+}
+
 /// Warn every socket with `v2.system.socket_closing`, then close it `after` later.
 pub fn close_all_sockets(state: &State, after: Duration) {
     let mut senders = Vec::new();
@@ -534,6 +553,19 @@ async fn run_socket(state: Arc<State>, channel_id: String, mut socket: WebSocket
                     break;
                 }
                 Some(Outbound::Drop) | None => break,
+                Some(Outbound::Mute) => {
+                    // Read and discard until the client gives up on us (or we stop).
+                    loop {
+                        tokio::select! {
+                            incoming = socket.recv() => match incoming {
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => {}
+                            },
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                    break;
+                }
             },
             _ = heartbeat.tick() => {
                 if socket.send(Message::Text(HEARTBEAT.into())).await.is_err() { break; }

@@ -819,3 +819,28 @@ fn serve_binary_fires_rules_from_a_replay_and_records() {
     rt.block_on(store.close()).expect("close");
     assert!(fires.iter().any(|f| f.outcome == "fired" && f.injection_id.is_some()), "{fires:?}");
 }
+
+/// A socket that goes silent (half-open: no events, heartbeats or pongs) is declared dead
+/// after two heartbeat intervals and reconnected; nothing published meanwhile is lost.
+#[tokio::test]
+async fn a_silent_socket_is_detected_by_missing_heartbeats() {
+    let e = emu().await;
+    let call = e.calls().into_iter().next().expect("a call");
+    let (n, mut rx) = Notifications::start(client(&e), settings());
+    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
+    assert_eq!(e.faults().mute_sockets(), 1);
+    let lines = recorded_lines(&call.conversation_id);
+    e.replay(ReplaySpec {
+        conversation_ids: vec![call.conversation_id.clone()],
+        speed: Speed::Max,
+        ..Default::default()
+    })
+    .expect("replay");
+    let got = collect(&mut rx, lines.len(), Duration::from_secs(10)).await;
+    let got_ids: Vec<String> = got.iter().map(correlation).collect();
+    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(got_ids, want, "delivered after the reconnect, in order");
+    let s = n.stats();
+    assert!(s.dead_sockets >= 1 && s.reconnects >= 1, "{s:?}");
+    n.shutdown().await;
+}
