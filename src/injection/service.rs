@@ -234,9 +234,17 @@ pub struct ServiceStats {
     /// State changes committed, by new status.
     pub transitions: Mutex<HashMap<&'static str, u64>>,
     pub channel_failures: AtomicU64,
+    /// Rule decisions of the live trigger runtime, by outcome (`fired`, `shadow`, ...).
+    pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl ServiceStats {
+    /// Counts one rule decision of the live trigger runtime.
+    pub fn count_rule_decision(&self, outcome: &'static str) {
+        let mut t = self.rule_decisions.lock().unwrap_or_else(|p| p.into_inner());
+        *t.entry(outcome).or_insert(0) += 1;
+    }
+
     fn count(&self, status: InjectionStatus) {
         let mut t = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         *t.entry(status.as_str()).or_insert(0) += 1;

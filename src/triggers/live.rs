@@ -471,9 +471,11 @@ impl Runtime {
                 Decision::Fire { rule_index, rule_id, shadow, at_ms } => {
                     if shadow {
                         self.stats.shadow_fires.fetch_add(1, Ordering::Relaxed);
+                        self.service.stats().count_rule_decision("shadow");
                         records.push(row(conv_id, &rule_id, "shadow", at_ms));
                     } else if let Some(rule) = self.rules.rules().get(rule_index) {
                         self.stats.rule_fires.fetch_add(1, Ordering::Relaxed);
+                        self.service.stats().count_rule_decision("fired");
                         fires.push((rule.rule.clone(), at_ms));
                     }
                 }
@@ -483,9 +485,13 @@ impl Runtime {
                         SuppressReason::Cooldown => "suppressed_cooldown",
                         SuppressReason::Cap => "suppressed_cap",
                     };
+                    self.service.stats().count_rule_decision(outcome);
                     records.push(row(conv_id, &rule_id, outcome, at_ms));
                 }
-                Decision::Expired { rule_id, at_ms, .. } => records.push(row(conv_id, &rule_id, "expired", at_ms)),
+                Decision::Expired { rule_id, at_ms, .. } => {
+                    self.service.stats().count_rule_decision("expired");
+                    records.push(row(conv_id, &rule_id, "expired", at_ms));
+                }
                 Decision::ApiFired { id, .. } => {
                     if let Some(conv) = self.convs.get_mut(&conv_id) {
                         if let Some(pos) = conv.api.iter().position(|(a, _)| *a == id) {

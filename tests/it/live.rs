@@ -638,6 +638,16 @@ mod e2e {
         assert!(records.iter().any(|r| r.outcome == "fired" && r.injection_id.is_some()));
         let rt = stack.runtime.as_ref().expect("runtime");
         assert_eq!(rt.stats().shadow_fires.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let metrics = reqwest::Client::new()
+            .get(format!("{}/metrics", stack.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(metrics.contains("gc_assist_rule_decisions_total{outcome=\"shadow\"} 1"), "{metrics}");
         drop(sse);
         stack.stop().await;
     }
