@@ -55,6 +55,10 @@ pub const TOPICS_PER_CHANNEL: usize = 1000;
 pub const CHANNELS_PER_CLIENT: usize = 20;
 /// Correlation ids remembered for de-duplication.
 const DEDUP_WINDOW: usize = 8192;
+/// Attempts to replace a lost channel before leaving it to the rotation tick.
+const REPLACE_ATTEMPTS: u32 = 5;
+/// How long [`Notifications::shutdown`] waits for the manager.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Open recording files kept at once; beyond, all are flushed and closed.
 const MAX_OPEN_RECORDINGS: usize = 512;
 
@@ -250,7 +254,8 @@ impl Notifications {
 
     /// Stop the sockets and clear the channels' subscriptions.
     pub async fn shutdown(&self) {
-        let _ = self.ask(Command::Shutdown).await;
+        // Bounded: a manager busy retrying an unreachable Genesys must not hold up a stop.
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.ask(Command::Shutdown)).await;
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NotificationsError> {
@@ -388,7 +393,17 @@ impl Manager {
                 let take = free.min(rest.len());
                 let (chunk, tail) = rest.split_at(take);
                 self.shared.stats.subscribe_calls.fetch_add(1, Ordering::Relaxed);
-                let listing = self.client.add_subscriptions(&self.slots[i].channel_id, chunk).await?;
+                let listing = match self.client.add_subscriptions(&self.slots[i].channel_id, chunk).await {
+                    // The channel went away (expired, evicted) before its socket told us:
+                    // replace it now, then add to the new one.
+                    Err(e) if e.is_not_found() => {
+                        let key = self.slots[i].key;
+                        self.replace(key).await;
+                        self.shared.stats.subscribe_calls.fetch_add(1, Ordering::Relaxed);
+                        self.client.add_subscriptions(&self.slots[i].channel_id, chunk).await?
+                    }
+                    other => other?,
+                };
                 if let Some(bad) = listing.iter().find(|t| t.is_rejected()) {
                     return Err(NotificationsError::Rejected {
                         topic: bad.id.clone(),
@@ -418,8 +433,12 @@ impl Manager {
         for slot in self.slots.iter_mut().filter(|s| touched.contains(&s.key)) {
             slot.topics.retain(|t| !gone.contains(t));
             self.shared.stats.subscribe_calls.fetch_add(1, Ordering::Relaxed);
-            // There is no per-topic delete: PUT the channel's remaining set.
-            self.client.replace_subscriptions(&slot.channel_id, &slot.topics).await?;
+            // There is no per-topic delete: PUT the channel's remaining set. A channel that
+            // is gone is replaced (with the remaining topics) when its socket reports it.
+            match self.client.replace_subscriptions(&slot.channel_id, &slot.topics).await {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -481,11 +500,12 @@ impl Manager {
         }
     }
 
-    /// Give a slot a new channel with the same topics; retried with backoff until it works
-    /// (each failure is logged), because without it those topics deliver nothing.
+    /// Give a slot a new channel with the same topics, retried with backoff a few times;
+    /// if Genesys stays unreachable the slot is marked due for rotation, so the rotation
+    /// tick keeps trying without blocking other commands.
     async fn replace(&mut self, key: u64) {
         let mut wait = self.settings.reconnect_min;
-        loop {
+        for attempt in 1.. {
             let Some(idx) = self.slots.iter().position(|s| s.key == key) else { return };
             let generation = self.slots[idx].generation + 1;
             let topics = self.slots[idx].topics.clone();
@@ -498,6 +518,14 @@ impl Manager {
                     s.channel_id = channel_id;
                     s.generation = generation;
                     s.created = Instant::now();
+                    return;
+                }
+                Err(e) if attempt >= REPLACE_ATTEMPTS => {
+                    tracing::error!(error = %e, "cannot replace a notification channel; retrying at the next rotation check");
+                    let due = Instant::now().checked_sub(self.settings.rotate_after).unwrap_or_else(Instant::now);
+                    if let Some(s) = self.slots.iter_mut().find(|s| s.key == key) {
+                        s.created = due;
+                    }
                     return;
                 }
                 Err(e) => {

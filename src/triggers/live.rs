@@ -135,9 +135,11 @@ impl LiveRuntime {
         let (stop, stop_rx) = watch::channel(false);
         let (commands, command_rx) = mpsc::channel(16);
         let stats = Arc::new(LiveStats::default());
+        let (topics, topic_ops) = mpsc::unbounded_channel();
+        tokio::spawn(apply_topic_ops(notifications.clone(), topic_ops));
         let runtime = Runtime {
             service: deps.service,
-            notifications: notifications.clone(),
+            topics,
             rules,
             convs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -188,9 +190,33 @@ struct Conv {
     deadline: Option<i64>,
 }
 
+/// A conversation's topics to add or drop, applied in order by one task (so a short call's
+/// unsubscribe can never overtake its subscribe).
+enum TopicOp {
+    Subscribe(Uuid),
+    Unsubscribe(Uuid),
+}
+
+async fn apply_topic_ops(n: Notifications, mut ops: mpsc::UnboundedReceiver<TopicOp>) {
+    while let Some(op) = ops.recv().await {
+        match op {
+            TopicOp::Subscribe(c) => {
+                if let Err(e) = n.subscribe(conversation_topics(c).to_vec()).await {
+                    tracing::error!(conversation = %c, error = %e, "cannot subscribe a conversation's transcript and sentiment; its triggers will not see them");
+                }
+            }
+            TopicOp::Unsubscribe(c) => {
+                if let Err(e) = n.unsubscribe(conversation_topics(c).to_vec()).await {
+                    tracing::debug!(conversation = %c, error = %e, "cannot unsubscribe an ended conversation");
+                }
+            }
+        }
+    }
+}
+
 struct Runtime {
     service: Service,
-    notifications: Notifications,
+    topics: mpsc::UnboundedSender<TopicOp>,
     rules: Arc<CompiledRules>,
     convs: HashMap<Uuid, Conv>,
     timers: BinaryHeap<Reverse<(i64, Uuid)>>,
@@ -302,13 +328,7 @@ impl Runtime {
     /// The agent connected: subscribe the conversation's feeds and start its engine.
     fn begin(&mut self, conv_id: Uuid, env: &Envelope, now: i64) {
         self.stats.conversations_started.fetch_add(1, Ordering::Relaxed);
-        let topics = conversation_topics(conv_id);
-        let n = self.notifications.clone();
-        tokio::spawn(async move {
-            if let Err(e) = n.subscribe(topics.to_vec()).await {
-                tracing::error!(conversation = %conv_id, error = %e, "cannot subscribe a conversation's transcript and sentiment; its triggers will not see them");
-            }
-        });
+        let _ = self.topics.send(TopicOp::Subscribe(conv_id));
         let queue_id = env.topic.split('.').nth(3).map(str::to_string);
         let queue_name = acd_queue_name(&env.value, queue_id.as_deref());
         let mut engine = ConversationEngine::new();
@@ -326,15 +346,12 @@ impl Runtime {
         }
         self.stats.conversations_ended.fetch_add(1, Ordering::Relaxed);
         let svc = self.service.clone();
-        let n = self.notifications.clone();
         tokio::spawn(async move {
             if let Err(e) = svc.conversation_ended(conv_id).await {
                 tracing::warn!(conversation = %conv_id, error = %e, "cannot expire the armed prompts of an ended conversation");
             }
-            if let Err(e) = n.unsubscribe(conversation_topics(conv_id).to_vec()).await {
-                tracing::debug!(conversation = %conv_id, error = %e, "cannot unsubscribe an ended conversation");
-            }
         });
+        let _ = self.topics.send(TopicOp::Unsubscribe(conv_id));
     }
 
     /// Arm an API injection's conditions on a live conversation (once).
