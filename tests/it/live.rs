@@ -308,7 +308,7 @@ mod e2e {
     use super::{client, emu, settings};
     use crate::support;
 
-    const KEY: &str = "live-test-key";
+    pub(crate) const KEY: &str = "live-test-key";
 
     pub(crate) struct Stack {
         pub base: String,
@@ -853,4 +853,73 @@ async fn a_silent_socket_is_detected_by_missing_heartbeats() {
     let s = n.stats();
     assert!(s.dead_sockets >= 1 && s.reconnects >= 1, "{s:?}");
     n.shutdown().await;
+}
+
+/// Injections armed through the API while the call is already live reach its engine, and a
+/// cancelled one is disarmed: of two armed on the same keyword, only the kept one fires.
+#[tokio::test]
+async fn injections_armed_and_cancelled_mid_call() {
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = emu().await;
+    let t = e2e::target(&e);
+    let conv = t.call.conversation_id.clone();
+    let stack = e2e::start(dir.path(), &e, Vec::new()).await;
+    let speed = 10.0;
+    e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
+        .expect("replay");
+    let rt = stack.runtime.as_ref().expect("runtime");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while rt.stats().conversations_started.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < until, "the conversation never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for title in ["Kept", "Cancelled"] {
+        let body = serde_json::json!({
+            "conversationId": conv,
+            "promptId": "d4e5f6a7-b8c9-4123-8567-890abcdef123",
+            "triggerConditions": [{"type": "keyword", "value": t.keyword}],
+            "displaySettings": {"delayMs": 500, "maxConcurrentPrompts": 3, "autoDismissMs": 60000},
+            "prompt": {"title": title, "body": "Armed mid-call."}
+        });
+        let r: Value = http
+            .post(format!("{}/v1/prompt-injections", stack.base))
+            .bearer_auth(e2e::KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(r["status"], "armed", "{r}");
+        ids.push(r["injectionId"].as_str().expect("id").to_string());
+    }
+    let del = http
+        .delete(format!("{}/v1/prompt-injections/{}", stack.base, ids[1]))
+        .bearer_auth(e2e::KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status(), 200);
+    let mut sse = e2e::open_stream(&stack.base, &conv).await;
+    let mut buf = String::new();
+    let (ev, data) = loop {
+        let got = e2e::next_event(&mut sse, &mut buf, Duration::from_secs(30)).await.expect("the kept one fired");
+        if got.0 == "prompt" {
+            break got;
+        }
+    };
+    assert_eq!((ev.as_str(), data["title"].as_str()), ("prompt", Some("Kept")));
+    assert!(
+        e2e::next_event(&mut sse, &mut buf, Duration::from_millis(500)).await.is_none_or(|(ev, _)| ev != "prompt"),
+        "the cancelled injection must not show"
+    );
+    assert_eq!(rt.stats().api_fires.load(Ordering::Relaxed), 1);
+    assert_eq!(rt.stats().fire_errors.load(Ordering::Relaxed), 0);
+    drop(sse);
+    stack.stop().await;
 }
