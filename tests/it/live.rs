@@ -923,3 +923,52 @@ async fn injections_armed_and_cancelled_mid_call() {
     drop(sse);
     stack.stop().await;
 }
+
+/// `gc-assist emulator --speed N` replays the loaded calls; a bad speed is a clear error.
+#[test]
+fn emulator_cli_replays_at_a_speed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let out = support::run(&["emulator", "--bind", "127.0.0.1:0", "--speed", "fast"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(support::stderr(&out).contains("--speed"), "{}", support::stderr(&out));
+
+    let mut child = Command::new(support::bin())
+        .args(["emulator", "--bind", "127.0.0.1:0", "--speed", "max"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("GC_ASSIST_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gc-assist emulator");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let mut base = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.strip_prefix("Genesys Cloud emulator listening on ") {
+            base = rest.trim().to_string();
+        }
+        let done = line.starts_with("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("Replaying 5 calls at full speed"), "{text}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{base}/__emulator/replay"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status["replays"][0]["calls"], 5, "{status}");
+}
