@@ -12,7 +12,8 @@
 //! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing.
 //! - [`emulator`]: a local Genesys Cloud speaking the real wire format, with faults.
 //! - [`injection`]: turning a valid payload into a delivered prompt.
-//! - [`triggers`]: trigger conditions: text normalization, keyword index, events, evaluator.
+//! - [`triggers`]: trigger conditions: text normalization, keyword index, events, evaluator;
+//!   rules files, the per-conversation rule engine, replay (backtest).
 //! - [`audit`]: audit records of every injection state change.
 //! - [`webhook`]: signed webhooks to the knowledge system.
 //! - [`server`]: the HTTP service (`gc-assist serve`).

@@ -318,6 +318,8 @@ pub struct ConversationEngine {
     queue: Option<Queue>,
     /// Earliest cooldown end among the slots (`i64::MAX` when none), so events skip the scan.
     next_rearm: i64,
+    /// Slots currently cooling down, so re-arming never scans every rule.
+    cooling: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +355,7 @@ impl ConversationEngine {
             generation: 0,
             queue: None,
             next_rearm: i64::MAX,
+            cooling: Vec::new(),
         }
     }
 
@@ -397,8 +400,9 @@ impl ConversationEngine {
         }
         self.state.advance(now_ms);
         let mut out = Vec::new();
-        let due = self.rearm_due();
+        // Sync first: a reload realigns the slots, and the re-armed indices must be the new ones.
         self.sync(rules, &mut out);
+        let due = self.rearm_due();
         self.check(rules, due, self.state.now_ms(), &mut out);
         Self::finish(rules, out)
     }
@@ -424,10 +428,10 @@ impl ConversationEngine {
         self.state.advance(now_ms);
         let now = self.state.now_ms();
         let mut out = Vec::new();
-        // Cooldowns that ended by now re-arm first: this event's evidence is newer than them.
-        // They are checked with the other candidates, after the event is applied.
-        let mut candidates = self.rearm_due();
         self.sync(rules, &mut out);
+        // Cooldowns that ended by now re-arm before the event: its evidence is newer than
+        // them. They are checked with the other candidates, after the event is applied.
+        let mut candidates = self.rearm_due();
         let slots = &mut self.slots;
         let ended = NORMALIZER.with(|n| {
             let mut n = n.borrow_mut();
@@ -461,6 +465,7 @@ impl ConversationEngine {
                 slot.phase = Phase::Off;
             }
             self.next_rearm = i64::MAX;
+            self.cooling.clear();
             return Self::finish(rules, out);
         }
         match event {
@@ -489,8 +494,8 @@ impl ConversationEngine {
         self.state.advance(now_ms);
         let now = self.state.now_ms();
         let mut out = Vec::new();
-        let mut candidates = self.rearm_due();
         self.sync(rules, &mut out);
+        let mut candidates = self.rearm_due();
         if self.state.agent_connected_at_ms().is_some() {
             candidates.extend_from_slice(&rules.duration_rules);
         }
@@ -610,6 +615,13 @@ impl ConversationEngine {
                 s
             })
             .collect();
+        self.cooling = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.phase, Phase::Cooling { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
         self.next_rearm = self.earliest_rearm();
         let now = self.state.now_ms();
         self.check(rules, fresh, now, out);
@@ -629,9 +641,9 @@ impl ConversationEngine {
     }
 
     fn earliest_rearm(&self) -> i64 {
-        self.slots
+        self.cooling
             .iter()
-            .filter_map(|s| match s.phase {
+            .filter_map(|&i| match self.slots.get(i as usize)?.phase {
                 Phase::Cooling { until, .. } => Some(until),
                 _ => None,
             })
@@ -648,16 +660,21 @@ impl ConversationEngine {
         if now < self.next_rearm {
             return due;
         }
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Phase::Cooling { until, .. } = s.phase {
-                if until <= now {
+        let slots = &mut self.slots;
+        self.cooling.retain(|&i| {
+            let Some(s) = slots.get_mut(i as usize) else { return false };
+            match s.phase {
+                Phase::Cooling { until, .. } if until <= now => {
                     s.phase = Phase::Armed;
                     s.evidence = 0;
                     s.since = until;
-                    due.push(i as u32);
+                    due.push(i);
+                    false
                 }
+                Phase::Cooling { .. } => true,
+                _ => false,
             }
-        }
+        });
         self.next_rearm = self.earliest_rearm();
         due
     }
@@ -686,6 +703,7 @@ impl ConversationEngine {
                     slot.evidence = 0;
                     slot.since = now;
                     self.next_rearm = self.next_rearm.min(until);
+                    self.cooling.push(r);
                     out.push(Decision::Fire {
                         rule_index: i,
                         rule_id: slot.id.clone(),
@@ -698,6 +716,7 @@ impl ConversationEngine {
                     slot.evidence = 0;
                     slot.since = now;
                     self.next_rearm = self.next_rearm.min(until);
+                    self.cooling.push(r);
                     out.push(Decision::Suppressed {
                         rule_index: i,
                         rule_id: slot.id.clone(),
@@ -1062,6 +1081,24 @@ mod tests {
         let v3 = CompiledRules::compile(&set(vec![rule("b", vec![kw("fraud")])]), Some(v2.index())).expect("v3");
         assert_eq!(e.on_event(&v3, &cust("hello"), 4000).iter().map(label).collect::<Vec<_>>(), ["fire b"]);
         assert_eq!(e.fires("a"), 1, "a removed rule keeps its counter");
+    }
+
+    #[test]
+    fn a_reload_that_reorders_rules_keeps_cooldowns() {
+        let a = with(rule("a", vec![kw("refund")]), |r| {
+            r.cooldown_seconds = 10;
+            r.max_per_conversation = 2;
+        });
+        let v1 = compiled(vec![a.clone(), rule("b", vec![kw("fraud")])]);
+        let mut e = ConversationEngine::new();
+        e.start(&v1, None, None, 0);
+        assert_eq!(e.on_event(&v1, &cust("refund"), 1000).iter().map(label).collect::<Vec<_>>(), ["fire a"]);
+        let v2 = CompiledRules::compile(&set(vec![rule("b", vec![kw("fraud")]), a]), Some(v1.index())).expect("v2");
+        assert_eq!(e.on_event(&v2, &cust("refund"), 5000).iter().map(label).collect::<Vec<_>>(), ["cooldown a"]);
+        assert_eq!(e.next_deadline(&v2), Some(11_000));
+        assert!(e.on_tick(&v2, 11_000).is_empty());
+        let d = e.on_event(&v2, &cust("refund"), 12_000);
+        assert_eq!(d, [Decision::Fire { rule_index: 1, rule_id: Arc::from("a"), shadow: false, at_ms: 12_000 }]);
     }
 
     #[test]

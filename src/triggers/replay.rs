@@ -634,6 +634,56 @@ mod tests {
         assert!(cmp.rules[0].old.is_none() && cmp.rules[0].new.is_some());
     }
 
+    /// The engine checks only the rules an event can affect; the evaluator checks every
+    /// armed entry on every event. For one-shot rules both must fire at the same moments.
+    #[test]
+    fn engine_agrees_with_the_plain_evaluator_on_every_recorded_call() {
+        use super::super::evaluator::{Armed, ArmedId, ConversationState, Evaluator, Outcome};
+        let calls = load_calls(&calls_dir(), |_, _| {}).expect("calls");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rules.yaml");
+        let mut set = RuleSet::load(&path).expect("rules");
+        for r in &mut set.rules {
+            (r.max_per_conversation, r.cooldown_seconds, r.queues) = (1, 0, Vec::new());
+        }
+        let rules = CompiledRules::compile(&set, None).expect("compile");
+        for call in &calls.calls {
+            let mut engine_fires = Vec::new();
+            let mut buf = Vec::new();
+            run_call(&rules, call, &mut buf);
+            for (at, d) in &buf {
+                if let Decision::Fire { rule_index, .. } = d {
+                    engine_fires.push((*rule_index, *at));
+                }
+            }
+            let mut ev = Evaluator::new(rules.index().clone());
+            let mut state = ConversationState::new();
+            let mut plain = Vec::new();
+            let start = call.steps.first().map_or(0, |s| s.0);
+            for (i, r) in rules.rules().iter().enumerate() {
+                if let Some(Outcome::Fired(_)) =
+                    state.arm(Armed { id: ArmedId(i as u64), conditions: r.conditions.clone() }, start)
+                {
+                    plain.push((i, start));
+                }
+            }
+            for (at, e) in &call.steps {
+                while let Some(d) = state.next_deadline().filter(|d| d <= at) {
+                    plain.extend(ev.on_tick(&mut state, d).into_iter().filter_map(|o| match o {
+                        Outcome::Fired(id) => Some((id.0 as usize, d)),
+                        Outcome::Expired(_) => None,
+                    }));
+                }
+                plain.extend(ev.on_event(&mut state, e, *at).into_iter().filter_map(|o| match o {
+                    Outcome::Fired(id) => Some((id.0 as usize, *at)),
+                    Outcome::Expired(_) => None,
+                }));
+            }
+            engine_fires.sort_unstable();
+            plain.sort_unstable();
+            assert_eq!(engine_fires, plain, "{}", call.name);
+        }
+    }
+
     #[test]
     fn folder_errors() {
         assert!(matches!(load_calls(Path::new("/nonexistent/calls"), |_, _| {}), Err(ReplayError::MissingDir(_))));

@@ -170,6 +170,8 @@ pub enum RulesError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("rules file {origin} is invalid ({} problem{}):\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
     Invalid { origin: String, problems: Vec<Problem> },
+    #[error("watching rules file {0} needs a running tokio runtime; start it from async code")]
+    NoRuntime(PathBuf),
     #[error("rules file {origin} could not be compiled: {source}")]
     Compile { origin: String, source: TriggerError },
 }
@@ -678,10 +680,11 @@ impl RuleWatcher {
         catalogue: Option<Arc<Catalogue>>,
         interval: Duration,
     ) -> Result<RuleWatcher, RulesError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RulesError::NoRuntime(path.to_path_buf()))?;
         let mut watcher = RuleWatcher::new(path, catalogue)?;
         let inner = watcher.inner.clone();
         let interval = interval.max(Duration::from_millis(10));
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

@@ -8,6 +8,7 @@ mod emulator;
 mod genesys;
 mod inject;
 mod live;
+mod replay;
 mod service;
 mod store;
 mod support;
