@@ -972,3 +972,30 @@ fn emulator_cli_replays_at_a_speed() {
     let _ = child.wait();
     assert_eq!(status["replays"][0]["calls"], 5, "{status}");
 }
+
+/// Maintenance: `v2.system.socket_closing`, then the close; the client reconnects to the
+/// same channel and nothing is lost or repeated.
+#[tokio::test]
+async fn socket_closing_maintenance_loses_nothing() {
+    let e = emu().await;
+    let call = e.calls().into_iter().next().expect("a call");
+    let (n, mut rx) = Notifications::start(client(&e), settings());
+    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
+    let before = n.channels().await.expect("channels");
+    let lines = recorded_lines(&call.conversation_id);
+    e.replay(ReplaySpec {
+        conversation_ids: vec![call.conversation_id.clone()],
+        speed: Speed::Times(40.0),
+        ..ReplaySpec::default()
+    })
+    .expect("replay");
+    let mut got = collect(&mut rx, lines.len() / 3, Duration::from_secs(20)).await;
+    e.faults().close_sockets(Duration::from_millis(100));
+    got.extend(collect(&mut rx, lines.len() - got.len(), Duration::from_secs(30)).await);
+    let got_ids: Vec<String> = got.iter().map(correlation).collect();
+    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(got_ids, want);
+    assert!(n.stats().reconnects >= 1, "{:?}", n.stats());
+    assert_eq!(n.channels().await.expect("channels")[0].0, before[0].0, "the same channel, reconnected");
+    n.shutdown().await;
+}
