@@ -26,8 +26,9 @@
 //! - **`v2.system.socket_closing`** (maintenance) is only logged: the socket closes about a
 //!   minute later, and the normal reconnect handles it.
 //! - **Recording.** With `record_dir`, every topic event is appended, with `recordedAt`
-//!   first, to `DIR/<conversationId>.jsonl`: the format of the recorded calls, so the
-//!   emulator can replay a recording.
+//!   first, to `DIR/<conversationId>.jsonl`, and `DIR/calls.json` lists each conversation's
+//!   ids (from its agent-connected snapshot): the recorded-calls format, so the emulator can
+//!   load and replay a recording (`gc-assist emulator --calls DIR`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -217,7 +218,7 @@ impl Notifications {
         let (out, out_rx) = mpsc::channel(settings.buffer.max(1));
         let (events, event_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(NotificationStats::default());
-        let recorder = settings.record_dir.clone().map(Recorder::spawn);
+        let recorder = settings.record_dir.clone().map(|dir| Recorder::spawn(dir, stats.clone()));
         let shared = Arc::new(Shared {
             out,
             events,
@@ -705,26 +706,43 @@ async fn on_text(shared: &Shared, text: &str) -> bool {
     shared.out.send(Envelope { topic, value, received_at: Instant::now() }).await.is_ok()
 }
 
-/// Appends events to `DIR/<conversationId>.jsonl` on its own thread-free task.
+/// One line to record, and for an agent-connected snapshot the call's ids for `calls.json`.
+type RecordItem = (String, String, Option<Value>);
+
+/// Appends events to `DIR/<conversationId>.jsonl` on a blocking task, and keeps
+/// `DIR/calls.json` listing each recorded conversation's ids (the recorded-calls index), so
+/// `gc-assist emulator --calls DIR` can replay a recording.
 struct Recorder {
-    tx: mpsc::UnboundedSender<(String, String)>,
+    tx: mpsc::UnboundedSender<RecordItem>,
 }
 
 impl Recorder {
-    fn spawn(dir: PathBuf) -> Recorder {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+    fn spawn(dir: PathBuf, stats: Arc<NotificationStats>) -> Recorder {
+        let (tx, mut rx) = mpsc::unbounded_channel::<RecordItem>();
         tokio::task::spawn_blocking(move || {
             let mut files: HashMap<String, std::io::BufWriter<std::fs::File>> = HashMap::new();
+            let mut index: Vec<Value> = Vec::new();
+            let fail = |path: &Path, e: std::io::Error| {
+                stats.record_errors.fetch_add(1, Ordering::Relaxed);
+                log_record_error(path, e);
+            };
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot create the recording folder; nothing is recorded");
                 return;
             }
-            while let Some((conversation, line)) = rx.blocking_recv() {
-                let mut batch = vec![(conversation, line)];
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                for (conversation, line) in batch {
+                let mut index_changed = false;
+                for (conversation, line, call) in batch {
+                    if let Some(call) = call {
+                        if !index.iter().any(|c| c["conversationId"] == call["conversationId"]) {
+                            index.push(call);
+                            index_changed = true;
+                        }
+                    }
                     if files.len() >= MAX_OPEN_RECORDINGS && !files.contains_key(&conversation) {
                         for (_, mut f) in files.drain() {
                             let _ = f.flush();
@@ -737,18 +755,27 @@ impl Recorder {
                             match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
                                 Ok(f) => v.insert(std::io::BufWriter::new(f)),
                                 Err(e) => {
-                                    log_record_error(&path, e);
+                                    fail(&path, e);
                                     continue;
                                 }
                             }
                         }
                     };
                     if let Err(e) = writeln!(file, "{line}") {
-                        log_record_error(&path, e);
+                        fail(&path, e);
                     }
                 }
                 for f in files.values_mut() {
                     let _ = f.flush();
+                }
+                if index_changed {
+                    // Written whole, then renamed: a reader never sees half a file.
+                    let path = dir.join("calls.json");
+                    let tmp = dir.join("calls.json.tmp");
+                    let text = serde_json::json!({"calls": index}).to_string();
+                    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+                        fail(&path, e);
+                    }
                 }
             }
         });
@@ -757,7 +784,8 @@ impl Recorder {
 
     fn record(&self, topic: &str, envelope: &Value) {
         let Some(conversation) = conversation_of(topic, envelope) else { return };
-        let _ = self.tx.send((conversation, recorded_line(envelope, chrono::Utc::now())));
+        let call = call_entry(topic, &conversation, envelope);
+        let _ = self.tx.send((conversation, recorded_line(envelope, chrono::Utc::now()), call));
     }
 }
 
@@ -776,6 +804,33 @@ fn conversation_of(topic: &str, envelope: &Value) -> Option<String> {
         _ => envelope.pointer("/eventBody/id").and_then(Value::as_str)?.to_string(),
     };
     (!id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')).then_some(id)
+}
+
+/// The `calls.json` entry of a conversation, from a queue snapshot whose agent is connected
+/// (the ids the emulator needs to load the recording), else `None`.
+fn call_entry(topic: &str, conversation: &str, envelope: &Value) -> Option<Value> {
+    let queue_id = match topic.split('.').collect::<Vec<_>>().as_slice() {
+        ["v2", "routing", "queues", q, "conversations"] => (*q).to_string(),
+        _ => return None,
+    };
+    let participants = envelope.pointer("/eventBody/participants")?.as_array()?;
+    let agent = participants.iter().find(|p| {
+        p.get("purpose").and_then(Value::as_str) == Some("agent")
+            && p.get("connectedTime").is_some_and(Value::is_string)
+            && p.pointer("/calls/0/state").and_then(Value::as_str) == Some("connected")
+    })?;
+    let customer = participants.iter().find(|p| p.get("purpose").and_then(Value::as_str) == Some("customer"))?;
+    let s = |v: &Value, ptr: &str| v.pointer(ptr).and_then(Value::as_str).map(str::to_string);
+    Some(serde_json::json!({
+        "conversationId": conversation,
+        "file": format!("{conversation}.jsonl"),
+        "queueId": queue_id,
+        "agentUserId": s(agent, "/userId")?,
+        "agentParticipantId": s(agent, "/id")?,
+        "agentCommunicationId": s(agent, "/calls/0/id")?,
+        "customerParticipantId": s(customer, "/id")?,
+        "scenario": "recorded",
+    }))
 }
 
 /// `{"recordedAt": ..., <the envelope's fields>}`: the recorded-calls line format.

@@ -234,6 +234,15 @@ async fn record_dir_writes_replayable_jsonl() {
     }
     assert_eq!(by_topic.len(), 3);
     n.shutdown().await;
+    // The recording is a calls folder: another emulator loads and replays it.
+    let again =
+        emulator::spawn(EmulatorConfig { calls: CallSource::Dir(dir.path().to_path_buf()), ..Default::default() })
+            .await
+            .expect("the recording loads as a calls folder");
+    let loaded = again.calls();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].conversation_id, call.conversation_id);
+    assert_eq!(loaded[0].agent_participant_id, call.agent_participant_id);
 }
 
 #[tokio::test]
@@ -817,7 +826,12 @@ fn serve_binary_fires_rules_from_a_replay_and_records() {
     assert!(status.success());
     let out = child.wait_with_output().expect("exit");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let files: Vec<_> = std::fs::read_dir(&record).expect("record dir").filter_map(Result::ok).collect();
+    let files: Vec<_> = std::fs::read_dir(&record)
+        .expect("record dir")
+        .filter_map(Result::ok)
+        .filter(|f| f.path().extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    assert!(record.join("calls.json").is_file(), "the recording has its calls.json index");
     assert_eq!(files.len(), conversations, "one recording per conversation");
     for f in &files {
         let text = std::fs::read_to_string(f.path()).expect("recording");
