@@ -889,6 +889,10 @@ async fn injections_armed_and_cancelled_mid_call() {
         assert!(std::time::Instant::now() < until, "the conversation never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // What one live conversation costs the runtime (goal: at most 4 KiB).
+    let snap = rt.snapshot().await.expect("snapshot");
+    assert_eq!(snap.conversations, 1);
+    assert!(snap.approx_bytes > 0 && snap.approx_bytes <= 4096, "{snap:?}");
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for title in ["Kept", "Cancelled"] {
