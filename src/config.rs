@@ -332,6 +332,9 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if t.heartbeat_secs == 0 || t.rotate_after_secs == 0 || t.rules_poll_ms == 0 {
         return bad("triggers.heartbeat_secs, triggers.rotate_after_secs and triggers.rules_poll_ms must be above 0");
     }
+    if t.heartbeat_secs > 3600 {
+        return bad("triggers.heartbeat_secs must be at most 3600 (Genesys sends a heartbeat about every 30 s)");
+    }
     if t.rotate_after_secs >= 24 * 3600 {
         return bad("triggers.rotate_after_secs must be below 86400: Genesys channels expire after 24 hours");
     }

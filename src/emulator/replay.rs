@@ -33,6 +33,12 @@ use super::notifications;
 use super::state::{lock, State};
 use super::EmulatorError;
 
+/// Most copies of each call one replay may make.
+pub const MAX_COPIES: u32 = 10_000;
+
+/// The slowest replay accepted (a thousandth of real time).
+pub const MIN_SPEED: f64 = 0.001;
+
 /// How fast to replay: a multiple of real time, or as fast as possible.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
@@ -57,8 +63,8 @@ impl Speed {
 
     /// A factor: 0 means as fast as possible; negative or non-finite is an error.
     pub fn from_factor(x: f64) -> Result<Speed, String> {
-        if !x.is_finite() || x < 0.0 {
-            return Err(format!("speed must be 0 (as fast as possible) or a positive number, not {x}"));
+        if !x.is_finite() || x < 0.0 || (x > 0.0 && x < MIN_SPEED) {
+            return Err(format!("speed must be 0 (as fast as possible) or a number from {MIN_SPEED} up, not {x}"));
         }
         Ok(if x == 0.0 { Speed::Max } else { Speed::Times(x) })
     }
@@ -177,6 +183,9 @@ pub(crate) fn burst(state: &State, lines: u32) {
 /// Start a replay; it runs in the background until its calls end (or forever when looped).
 pub(crate) fn start(state: &Arc<State>, spec: ReplaySpec) -> Result<ReplayStarted, EmulatorError> {
     let invalid = |message: String| EmulatorError::Replay { message };
+    if spec.copies > MAX_COPIES {
+        return Err(invalid(format!("copies must be at most {MAX_COPIES}, not {}", spec.copies)));
+    }
     let chosen: Vec<Arc<RecordedCall>> = match &spec.calls_dir {
         Some(dir) => {
             let loaded = calls::load_dir(dir)?;
@@ -364,7 +373,10 @@ async fn play(state: Arc<State>, call: Arc<RecordedCall>, speed: Speed, progress
         match speed {
             Speed::Times(factor) => {
                 let gap_ms = (line.at - t0).num_milliseconds().max(0) as f64 / factor;
-                let due = start + Duration::from_micros((gap_ms * 1000.0) as u64);
+                // Saturating: a long recording at a slow speed waits "forever", never panics.
+                let due = start
+                    .checked_add(Duration::from_micros((gap_ms * 1000.0) as u64))
+                    .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365));
                 if !state.burst.take() {
                     tokio::time::sleep_until(due).await;
                 }
@@ -409,7 +421,7 @@ mod tests {
         assert_eq!(Speed::parse("0"), Ok(Speed::Max));
         assert_eq!(Speed::parse(" 20 "), Ok(Speed::Times(20.0)));
         assert_eq!(Speed::parse("0.5"), Ok(Speed::Times(0.5)));
-        for bad in ["-1", "fast", "", "NaN", "inf"] {
+        for bad in ["-1", "fast", "", "NaN", "inf", "1e-300"] {
             assert!(Speed::parse(bad).is_err(), "{bad}");
         }
     }

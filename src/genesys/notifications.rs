@@ -225,7 +225,8 @@ impl Notifications {
             stats: stats.clone(),
             dedup: Mutex::new(Dedup::default()),
             recorder,
-            heartbeat: settings.heartbeat.max(Duration::from_millis(10)),
+            // Bounded both ways, so timer arithmetic can never overflow.
+            heartbeat: settings.heartbeat.clamp(Duration::from_millis(10), Duration::from_secs(3600)),
             reconnect_min: settings.reconnect_min,
             reconnect_max: settings.reconnect_max.max(settings.reconnect_min),
         });
@@ -532,7 +533,7 @@ impl Manager {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot replace a notification channel; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.settings.reconnect_max);
+                    wait = wait.saturating_mul(2).min(self.settings.reconnect_max);
                 }
             }
         }
@@ -633,7 +634,11 @@ async fn run_socket(shared: Arc<Shared>, slot: u64, generation: u64, uri: String
                 }
                 Err(ConnectError::Other(e)) => {
                     tracing::debug!(error = %e, "notifications websocket reconnect failed");
-                    wait = if wait.is_zero() { shared.reconnect_min } else { (wait * 2).min(shared.reconnect_max) };
+                    wait = if wait.is_zero() {
+                        shared.reconnect_min
+                    } else {
+                        wait.saturating_mul(2).min(shared.reconnect_max)
+                    };
                 }
             }
         };
@@ -646,7 +651,7 @@ async fn run_socket(shared: Arc<Shared>, slot: u64, generation: u64, uri: String
 
 /// Forward events until the socket closes, errs, or is silent for two heartbeat intervals.
 async fn read_until_dead(shared: &Shared, socket: &mut Socket) {
-    let silent_limit = shared.heartbeat * 2;
+    let silent_limit = shared.heartbeat.saturating_mul(2);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + shared.heartbeat, shared.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = tokio::time::Instant::now();
