@@ -13,6 +13,9 @@
 //! - `notifications`: channels, subscriptions, websocket, topic delivery.
 //! - `analytics`: Agent Copilot aggregates query and async jobs.
 //! - `replay`: recorded calls streamed over the websockets, paced or as fast as possible.
+//!   A channel whose socket dropped keeps its events for `RECONNECT_GRACE` (10 s) and
+//!   delivers them on the next connection: an emulator decision (Genesys documents no
+//!   buffering) that models a fast reconnect; see `notifications::publish_raw`.
 //! - `faults`, `ratelimit`, `calls` (recorded-call loader), `admin`, `error`, `state`.
 
 mod admin;
