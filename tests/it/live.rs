@@ -65,6 +65,11 @@ pub(crate) fn recorded_lines(conversation_id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The loaded call with the fewest recorded lines (quick to replay whatever the folder).
+pub(crate) fn short_call(e: &Emulator) -> emulator::CallInfo {
+    e.calls().into_iter().min_by_key(|c| recorded_lines(&c.conversation_id).len()).expect("a call")
+}
+
 pub(crate) fn call_topics(conversation_id: &str, queue_id: &str) -> [String; 3] {
     [
         format!("v2.routing.queues.{queue_id}.conversations"),
@@ -93,7 +98,7 @@ fn correlation(e: &Envelope) -> String {
 #[tokio::test]
 async fn replay_reaches_subscribed_topics_only() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(client(&e), settings());
     let [queue, transcription, _sentiment] = call_topics(&call.conversation_id, &call.queue_id);
     n.subscribe(vec![queue.clone(), transcription.clone()]).await.expect("subscribe");
@@ -120,7 +125,7 @@ async fn replay_reaches_subscribed_topics_only() {
 #[tokio::test]
 async fn dropped_sockets_and_expired_channels_lose_no_event() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(client(&e), settings());
     n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
     let before = n.channels().await.expect("channels");
@@ -152,7 +157,7 @@ async fn dropped_sockets_and_expired_channels_lose_no_event() {
 #[tokio::test]
 async fn rotation_replaces_channels_without_a_gap() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(
         client(&e),
         NotificationSettings { rotate_after: Duration::from_millis(300), ..settings() },
@@ -201,7 +206,7 @@ async fn topics_spread_over_channels_up_to_the_limit() {
 #[tokio::test]
 async fn record_dir_writes_replayable_jsonl() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let dir = tempfile::tempdir().expect("tempdir");
     let (n, mut rx) = Notifications::start(
         client(&e),
@@ -256,7 +261,7 @@ async fn replay_admin_endpoint_and_bursts() {
     assert!(body["message"].as_str().unwrap_or_default().contains("speed"), "{body}");
     let unknown = http.post(&url).body(r#"{"conversationIds":["nope"]}"#).send().await.expect("post");
     assert_eq!(unknown.status(), 400);
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(client(&e), settings());
     n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
     // Real time would take minutes; a burst of every line delivers them at once.
@@ -849,7 +854,7 @@ fn serve_binary_fires_rules_from_a_replay_and_records() {
 #[tokio::test]
 async fn a_silent_socket_is_detected_by_missing_heartbeats() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(client(&e), settings());
     n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
     assert_eq!(e.faults().mute_sockets(), 1);
@@ -996,7 +1001,7 @@ fn emulator_cli_replays_at_a_speed() {
 #[tokio::test]
 async fn socket_closing_maintenance_loses_nothing() {
     let e = emu().await;
-    let call = e.calls().into_iter().next().expect("a call");
+    let call = short_call(&e);
     let (n, mut rx) = Notifications::start(client(&e), settings());
     n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
     let before = n.channels().await.expect("channels");
