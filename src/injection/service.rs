@@ -234,6 +234,8 @@ pub struct ServiceStats {
     /// State changes committed, by new status.
     pub transitions: Mutex<HashMap<&'static str, u64>>,
     pub channel_failures: AtomicU64,
+    /// Live triggers: the triggering notification received → the fired prompt admitted.
+    pub trigger_latency: Histogram,
     /// Rule decisions of the live trigger runtime, by outcome (`fired`, `shadow`, ...).
     pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
 }

@@ -50,6 +50,12 @@ pub async fn render(State(st): State<AppState>) -> Response {
             let _ = writeln!(out, "gc_assist_rule_decisions_total{{outcome=\"{outcome}\"}} {n}");
         }
     }
+    histogram(
+        &mut out,
+        "gc_assist_trigger_latency_seconds",
+        "Live triggers: the triggering notification received to the fired prompt admitted.",
+        &stats.trigger_latency,
+    );
     let live = svc.live_counts();
     let _ = writeln!(out, "# HELP gc_assist_injections Live injections, by status.\n# TYPE gc_assist_injections gauge");
     for s in InjectionStatus::ALL.into_iter().filter(|s| s.is_live()) {

@@ -145,6 +145,7 @@ impl LiveRuntime {
             timers: BinaryHeap::new(),
             next_armed: 0,
             stats: stats.clone(),
+            received: None,
         };
         let task = tokio::spawn(runtime.run(envelopes, armed, rules_rx, stop_rx, command_rx));
         Ok(LiveRuntime { stop, commands, task: Some(task), stats, notifications })
@@ -222,6 +223,8 @@ struct Runtime {
     timers: BinaryHeap<Reverse<(i64, Uuid)>>,
     next_armed: u64,
     stats: Arc<LiveStats>,
+    /// When the notification being handled arrived (trigger latency is measured from it).
+    received: Option<Instant>,
 }
 
 impl Runtime {
@@ -289,6 +292,12 @@ impl Runtime {
     }
 
     fn on_envelope(&mut self, env: Envelope) {
+        self.received = Some(env.received_at);
+        self.handle_envelope(env);
+        self.received = None;
+    }
+
+    fn handle_envelope(&mut self, env: Envelope) {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let note = match parse_envelope(&env.value) {
             Ok(n) => n,
@@ -522,12 +531,14 @@ impl Runtime {
         }
         let svc = self.service.clone();
         let stats = self.stats.clone();
-        let received = Instant::now();
+        // From the notification that caused it; a tick or a reload has none: from now.
+        let received = self.received.unwrap_or_else(Instant::now);
         tokio::spawn(async move {
             for injection in api_fires {
                 match svc.fire(injection, "trigger").await {
                     Ok(_) => {
                         stats.api_fires.fetch_add(1, Ordering::Relaxed);
+                        svc.stats().trigger_latency.observe(received.elapsed());
                     }
                     Err(e) => {
                         stats.fire_errors.fetch_add(1, Ordering::Relaxed);
@@ -544,6 +555,7 @@ impl Runtime {
                 };
                 match outcome {
                     Ok(accepted) => {
+                        svc.stats().trigger_latency.observe(received.elapsed());
                         let mut r = row(conv_id, &rule.id, "fired", at_ms);
                         r.injection_id = Some(accepted.injection_id);
                         records.push(r);

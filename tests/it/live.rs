@@ -662,6 +662,8 @@ mod e2e {
             .await
             .expect("text");
         assert!(metrics.contains("gc_assist_rule_decisions_total{outcome=\"shadow\"} 1"), "{metrics}");
+        // The live rule and the API-armed injection: two trigger latencies observed.
+        assert!(metrics.contains("gc_assist_trigger_latency_seconds_count 2"), "{metrics}");
         drop(sse);
         stack.stop().await;
     }
