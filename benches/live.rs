@@ -320,9 +320,8 @@ async fn run(p: Params) {
     }
     // The runtime's own share, from the service's histogram (coarse buckets).
     let (buckets, sum, count) = service.stats().trigger_latency.snapshot();
-    let within = |le_ms: f64| {
-        buckets.iter().find(|(le, _)| (*le * 1000.0 - le_ms).abs() < 1e-9).map(|(_, n)| *n).unwrap_or(0)
-    };
+    let within =
+        |le_ms: f64| buckets.iter().find(|(le, _)| (*le * 1000.0 - le_ms).abs() < 1e-9).map(|(_, n)| *n).unwrap_or(0);
     println!(
         "| notification received → prompt admitted (runtime + durable accept) | mean {:.2} ms | {:.1} % ≤ 10 ms, {:.1} % ≤ 25 ms | | {count} |",
         if count > 0 { sum * 1000.0 / count as f64 } else { f64::NAN },
