@@ -60,6 +60,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub audit: AuditConfig,
     pub panel: PanelConfig,
+    pub triggers: TriggersConfig,
 }
 
 /// The agent's prompt panel (the Interaction Widget page) and its sign-in.
@@ -77,6 +78,20 @@ pub struct PanelConfig {
     /// Base URL of the login host the page sends agents to (`/oauth/authorize`); empty means
     /// the login host of `genesys.region`. `serve --emulator` points it at the emulator.
     pub login_base: String,
+}
+
+/// The live trigger runtime (`serve`): watched queues, rules file, recording, channels.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersConfig {
+    pub queues: Vec<String>,
+    pub rules_file: PathBuf,
+    pub rules_poll_ms: u64,
+    pub record_dir: PathBuf,
+    pub heartbeat_secs: u64,
+    pub rotate_after_secs: u64,
+    pub topics_per_channel: usize,
+    pub max_channels: usize,
 }
 
 /// Where the service keeps its durable state.
@@ -337,6 +352,32 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     if c.emulator.requests_per_minute == 0 {
         return bad("emulator.requests_per_minute must be at least 1");
+    }
+    let t = &c.triggers;
+    if t.heartbeat_secs == 0 || t.rotate_after_secs == 0 || t.rules_poll_ms == 0 {
+        return bad("triggers.heartbeat_secs, triggers.rotate_after_secs and triggers.rules_poll_ms must be above 0");
+    }
+    if t.heartbeat_secs > 3600 {
+        return bad("triggers.heartbeat_secs must be at most 3600 (Genesys sends a heartbeat about every 30 s)");
+    }
+    if t.rotate_after_secs >= 24 * 3600 {
+        return bad("triggers.rotate_after_secs must be below 86400: Genesys channels expire after 24 hours");
+    }
+    if !(1..=1000).contains(&t.topics_per_channel) {
+        return bad("triggers.topics_per_channel must be 1-1000 (the Genesys limit is 1000)");
+    }
+    if !(2..=20).contains(&t.max_channels) {
+        return bad(
+            "triggers.max_channels must be 2-20 (Genesys allows 20 per OAuth client; one is kept for rotation)",
+        );
+    }
+    if let Some(q) =
+        t.queues.iter().find(|q| q.is_empty() || !q.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-'))
+    {
+        return Err(ConfigError::Invalid {
+            origin: "values".into(),
+            message: format!("triggers.queues: {q:?} is not a queue id (letters, digits and dashes)"),
+        });
     }
     Ok(())
 }

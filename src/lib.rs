@@ -10,11 +10,13 @@
 //! - [`adoption`]: adoption analytics over engagement events, beside Agent Copilot's figures.
 //! - [`config`]: settings, layered built-in defaults ← `gc-assist.toml` ← environment.
 //! - [`contract`]: the injection payload, its validation, JSON Schema and the prompt catalogue.
-//! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing.
-//! - [`emulator`]: a local Genesys Cloud speaking the real wire format, with faults.
+//! - [`genesys`]: the client for the real Genesys Cloud API: regions, OAuth, retries, pacing,
+//!   the notifications websocket client.
+//! - [`emulator`]: a local Genesys Cloud speaking the real wire format, with faults; replays
+//!   recorded calls over its notification websockets.
 //! - [`injection`]: turning a valid payload into a delivered prompt.
 //! - [`triggers`]: trigger conditions: text normalization, keyword index, events, evaluator;
-//!   rules files, the per-conversation rule engine, replay (backtest).
+//!   rules files, the per-conversation rule engine, replay (backtest), the live runtime.
 //! - [`audit`]: audit records of every injection state change.
 //! - [`webhook`]: signed webhooks to the knowledge system.
 //! - [`server`]: the HTTP service (`gc-assist serve`).

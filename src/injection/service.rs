@@ -40,6 +40,7 @@ use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, 
 use super::panel::PanelHub;
 use super::participant_data::{self, PromptAttribute};
 use crate::audit::AuditDraft;
+use crate::contract::payload::TriggerCondition;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
 use crate::genesys::GenesysClient;
 use crate::store::{
@@ -129,6 +130,20 @@ pub struct ServiceDeps {
     /// Participant attribute key prefix (config `inject.attribute_prefix`).
     pub attribute_prefix: String,
 }
+
+/// A change to the armed injections, for the live trigger runtime (`triggers::live`), which
+/// evaluates armed conditions against the conversation's events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArmedChange {
+    /// An injection with trigger conditions was accepted and waits for them.
+    Armed { id: Uuid, conversation_id: Uuid, conditions: Vec<TriggerCondition> },
+    /// An armed injection left that state (fired, cancelled, expired).
+    Disarmed { id: Uuid, conversation_id: Uuid },
+}
+
+/// Buffered armed changes per subscriber; a slower one sees `Lagged` and re-reads
+/// [`Service::armed_for`].
+const ARMED_CHANGES_BUFFER: usize = 4096;
 
 /// Who is asking, for audit and idempotency.
 #[derive(Debug, Clone)]
@@ -222,9 +237,19 @@ pub struct ServiceStats {
     /// State changes committed, by new status.
     pub transitions: Mutex<HashMap<&'static str, u64>>,
     pub channel_failures: AtomicU64,
+    /// Live triggers: the triggering notification received → the fired prompt admitted.
+    pub trigger_latency: Histogram,
+    /// Rule decisions of the live trigger runtime, by outcome (`fired`, `shadow`, ...).
+    pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl ServiceStats {
+    /// Counts one rule decision of the live trigger runtime.
+    pub fn count_rule_decision(&self, outcome: &'static str) {
+        let mut t = self.rule_decisions.lock().unwrap_or_else(|p| p.into_inner());
+        *t.entry(outcome).or_insert(0) += 1;
+    }
+
     fn count(&self, status: InjectionStatus) {
         let mut t = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         *t.entry(status.as_str()).or_insert(0) += 1;
@@ -288,6 +313,7 @@ struct Inner {
     in_flight: AtomicU64,
     /// The timer and channel worker, awaited by [`Service::drained`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    armed_changes: tokio::sync::broadcast::Sender<ArmedChange>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -375,6 +401,7 @@ impl Service {
                 stats: ServiceStats::default(),
                 in_flight: AtomicU64::new(0),
                 tasks: Mutex::new(Vec::new()),
+                armed_changes: tokio::sync::broadcast::channel(ARMED_CHANGES_BUFFER).0,
             }),
         };
         svc.recover().await?;
@@ -427,6 +454,24 @@ impl Service {
 
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Changes to the armed injections from now on (see [`ArmedChange`]).
+    pub fn armed_changes(&self) -> tokio::sync::broadcast::Receiver<ArmedChange> {
+        self.inner.armed_changes.subscribe()
+    }
+
+    /// The injections armed on a conversation now, with their conditions.
+    pub fn armed_for(&self, conversation_id: Uuid) -> Vec<(Uuid, Vec<TriggerCondition>)> {
+        let mut out: Vec<(Uuid, Vec<TriggerCondition>)> = self
+            .live()
+            .values()
+            .filter(|r| r.conversation_id == conversation_id && r.status == InjectionStatus::Armed)
+            .map(|r| (r.id, r.payload.trigger_conditions().to_vec()))
+            .collect();
+        // v7 ids: arming order.
+        out.sort_by_key(|(id, _)| *id);
+        out
     }
 
     /// Store writes this service is waiting on.
@@ -543,6 +588,35 @@ impl Service {
     /// after the injection, its audit records, its webhook messages and its idempotent
     /// answer are durable.
     pub async fn accept(&self, payload: ValidPayload, meta: AcceptMeta) -> Result<Accepted, ServiceError> {
+        self.accept_as(payload, meta, None).await
+    }
+
+    /// Accepts the prompt of a rule that fired (source `rule`, its `rule_id` recorded, the
+    /// rule's priority ordering the capacity queue). The payload carries no conditions: the
+    /// rule engine already decided.
+    pub async fn accept_rule(
+        &self,
+        payload: ValidPayload,
+        rule_id: &str,
+        priority: Priority,
+        received_at: Instant,
+    ) -> Result<Accepted, ServiceError> {
+        let meta = AcceptMeta {
+            source: Source::Rule,
+            api_key_id: None,
+            idempotency_key: None,
+            request_hash: String::new(),
+            received_at,
+        };
+        self.accept_as(payload, meta, Some((rule_id.to_string(), priority))).await
+    }
+
+    async fn accept_as(
+        &self,
+        payload: ValidPayload,
+        meta: AcceptMeta,
+        rule: Option<(String, Priority)>,
+    ) -> Result<Accepted, ServiceError> {
         if self.is_shutting_down() {
             return Err(ServiceError::ShuttingDown);
         }
@@ -554,7 +628,14 @@ impl Service {
         let queue_timeout = payload.queue_timeout_ms();
         let mut row = InjectionRow::new(id, InjectionStatus::Armed, payload, content, meta.source, now);
         row.api_key_id = meta.api_key_id.clone();
-        let actor = meta.api_key_id.clone().unwrap_or_else(|| meta.source.as_str().to_string());
+        let actor = match &rule {
+            Some((rule_id, _)) => format!("rule:{rule_id}"),
+            None => meta.api_key_id.clone().unwrap_or_else(|| meta.source.as_str().to_string()),
+        };
+        if let Some((rule_id, priority)) = rule {
+            row.rule_id = Some(rule_id);
+            row.priority = priority;
+        }
         let conv = row.conversation_id;
 
         let ledger = self.ledger_for(conv);
@@ -631,6 +712,13 @@ impl Service {
         }
         self.inner.stats.admit_latency.observe(meta.received_at.elapsed());
         self.inner.stats.count(row.status);
+        if row.status == InjectionStatus::Armed {
+            let _ = self.inner.armed_changes.send(ArmedChange::Armed {
+                id,
+                conversation_id: conv,
+                conditions: row.payload.trigger_conditions().to_vec(),
+            });
+        }
         self.live().insert(id, row);
         self.apply(&mut guard, effects, "system").await;
         self.schedule(conv, guard.next_deadline());
@@ -731,6 +819,7 @@ impl Service {
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
             (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
         let at = u.at;
+        let was_armed = row.status == InjectionStatus::Armed;
         let from = row.status;
         let mut ops = Vec::with_capacity(2);
         if let Some(kind) = engagement_for(from, status) {
@@ -745,6 +834,9 @@ impl Service {
         if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
+        }
+        if was_armed && status != InjectionStatus::Armed {
+            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id, conversation_id: row.conversation_id });
         }
         self.inner.stats.count(status);
         row.status = status;

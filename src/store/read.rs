@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::model::{
     AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus,
-    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Source, IDEMPOTENCY_TTL_MS,
+    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, RuleFireRow, Source, IDEMPOTENCY_TTL_MS,
 };
 use super::ops::{digest, to_i64};
 use super::{db_err, StoreError};
@@ -538,6 +538,39 @@ impl super::Store {
         .iter()
         .map(decode_checkpoint)
         .collect()
+    }
+
+    /// Recorded rule decisions, oldest first: of one conversation, or all (at most `limit`).
+    pub async fn rule_fires(&self, conversation_id: Option<Uuid>, limit: u32) -> Result<Vec<RuleFireRow>, StoreError> {
+        let rows = match conversation_id {
+            Some(c) => sqlx::query(
+                "SELECT conversation_id, rule_id, outcome, injection_id, at FROM rule_fires \
+                 WHERE conversation_id = ? ORDER BY id LIMIT ?",
+            )
+            .bind(c.hyphenated().to_string())
+            .bind(i64::from(limit)),
+            None => sqlx::query(
+                "SELECT conversation_id, rule_id, outcome, injection_id, at FROM rule_fires ORDER BY id LIMIT ?",
+            )
+            .bind(i64::from(limit)),
+        }
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("reading rule decisions"))?;
+        let uuid = |s: String| {
+            Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("rule_fires holds a bad uuid {s:?}: {e}")))
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(RuleFireRow {
+                    conversation_id: uuid(get(r, 0)?)?,
+                    rule_id: get(r, 1)?,
+                    outcome: get(r, 2)?,
+                    injection_id: get::<Option<String>>(r, 3)?.map(uuid).transpose()?,
+                    at: get(r, 4)?,
+                })
+            })
+            .collect()
     }
 
     /// Every day purged by retention, oldest first.

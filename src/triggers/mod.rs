@@ -5,6 +5,7 @@
 //! - [`events`]: notification envelopes → typed conversation events.
 //! - [`evaluator`]: per-conversation state, armed entries, firing and expiry.
 //! - [`rules`]: rules files: parsing, validation with file:line messages, hot reload.
+//! - [`live`]: the async runtime: notifications → engines → injections (the only I/O here).
 //! - [`replay`]: backtesting rules over recorded calls, with precision and recall.
 //! - [`engine`]: a rule set compiled once, and the per-conversation rule engine (cooldown,
 //!   caps, priority, shadow, API-armed entries).
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod evaluator;
 pub mod events;
 pub mod keywords;
+pub mod live;
 pub mod normalize;
 pub mod replay;
 pub mod rules;

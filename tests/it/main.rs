@@ -10,6 +10,7 @@ mod emulator;
 mod genesys;
 mod inject;
 mod panel;
+mod live;
 mod replay;
 mod service;
 mod store;
