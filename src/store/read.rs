@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::model::{
     AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus,
-    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, RuleFireRow, Source, IDEMPOTENCY_TTL_MS,
+    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, RuleFireRow, Source,
+    IDEMPOTENCY_TTL_MS,
 };
 use super::ops::{digest, to_i64};
 use super::{db_err, StoreError};
