@@ -27,13 +27,16 @@ pub const EXAMPLE_RULES: &str = include_str!("../../examples/rules.yaml");
 const REPLAYED: [&str; 3] = ["cancel_threat", "low_asr_confidence", "agent_only_keyword"];
 /// Replay speed: a few minutes of calls in a few seconds.
 const REPLAY_SPEED: f64 = 40.0;
+/// Replay speed when a person watches the panel: slow enough to read the prompts.
+const INTERACTIVE_SPEED: f64 = 8.0;
 
 /// Who the audit trail names for the demo's injections.
 const ACTOR: &str = "demo";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// For scripts and CI: plain output, no pauses.
+    /// For scripts and CI: no pauses (without it, a terminal run waits for Enter so you can
+    /// open the printed panel URL and watch prompts arrive, and replays the calls slower).
     #[arg(long)]
     pub headless: bool,
 }
@@ -54,7 +57,7 @@ fn say(line: impl AsRef<str>) {
     println!("    {}", line.as_ref());
 }
 
-pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
     let loaded = ctx.load_config()?;
     let mut s = Steps { n: 0, started: Instant::now() };
     println!("gc-assist demo: the tutorial's prompt injection, end to end, against a local Genesys Cloud emulator.");
@@ -167,7 +170,9 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Outcome> {
         say(line);
     }
 
-    run_service_part(&mut s, &loaded.config, &emu, client.clone(), &payload).await?;
+    // A person at a terminal gets pauses to open the panel in a browser; scripts do not.
+    let interactive = !args.headless && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    run_service_part(&mut s, &loaded.config, &emu, client.clone(), &payload, interactive).await?;
 
     let stats = emu.stats();
     println!(
@@ -189,6 +194,7 @@ async fn run_service_part(
     emu: &crate::emulator::Emulator,
     client: GenesysClient,
     tutorial: &contract::ValidPayload,
+    interactive: bool,
 ) -> anyhow::Result<()> {
     use crate::audit::ops;
     use crate::config::ApiKeyConfig;
@@ -222,12 +228,17 @@ async fn run_service_part(
     cfg.webhook.secret = SecretString::from(secret.to_whsec().expose_secret().to_string());
     cfg.webhook.allow_private = vec!["127.0.0.1/32".into()];
     cfg.webhook.schedule_secs = vec![1, 2, 5];
+    // The knowledge system hears about every prompt, rule-fired ones included.
+    cfg.webhook.endpoints = vec![receiver.url()];
     // Live triggers on every queue of the emulator's calls, with the example rules.
     let mut queues: Vec<String> = emu.calls().into_iter().map(|c| c.queue_id).collect();
     queues.sort();
     queues.dedup();
     cfg.triggers.queues = queues;
     cfg.triggers.rules_file = dir.join("rules.yaml");
+    // The agent's panel signs in against the emulator's login page, as `serve --emulator`.
+    cfg.panel.oauth_client_id = "gc-assist-panel".into();
+    cfg.panel.login_base = emu.base_url();
     let stack = super::serve::Stack::start(&cfg, Some(client), "127.0.0.1:0").await?;
     let api = format!("http://{}", stack.addr);
     say(format!("API at {api}; state in {}", dir.display()));
@@ -303,7 +314,26 @@ async fn run_service_part(
         anyhow::bail!("expected 2 verified webhooks, got {} ({} rejected)", got.len(), receiver.rejected().len());
     }
 
-    replay_part(s, emu, &stack, &api, &injector_key).await?;
+    replay_part(s, emu, &stack, &api, interactive).await?;
+
+    s.step("Every webhook of the run, as the knowledge system received it");
+    // The agent's engagements and the rule fires add events; give the worker a moment.
+    receiver.wait_for(Duration::from_secs(5), |d| d.len() > got.len()).await;
+    let mut by_type = std::collections::BTreeMap::<String, usize>::new();
+    for d in receiver.deliveries() {
+        *by_type.entry(d.event_type.unwrap_or_else(|| "?".into())).or_default() += 1;
+    }
+    for (t, n) in &by_type {
+        say(format!("{n:>3} × {t}"));
+    }
+    say(format!(
+        "{} delivered, every signature verified; {} rejected",
+        by_type.values().sum::<usize>(),
+        receiver.rejected().len()
+    ));
+    if !receiver.rejected().is_empty() {
+        anyhow::bail!("the receiver rejected {} webhook(s)", receiver.rejected().len());
+    }
 
     s.step("Stop the service and verify the audit chain");
     stack.stop().await?;
@@ -328,7 +358,7 @@ async fn run_service_part(
     say(format!("check it yourself: gc-assist --config {} audit verify", own.display()));
     receiver.shutdown().await;
 
-    s.step("Adoption of the prompts shown (issue 6)");
+    s.step("Adoption of the prompts shown");
     let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
     let summary =
         crate::adoption::demo_summary(&store, &dir.join("adoption.html"), chrono::Utc::now().timestamp_millis()).await;
@@ -341,30 +371,66 @@ async fn run_service_part(
 }
 
 /// Recorded calls replayed through the emulator's notification websocket: the live trigger
-/// runtime fires the example rules from their transcripts.
+/// runtime fires the example rules from their transcripts. The first call's agent watches
+/// through a real panel session (signed in with their emulated Genesys token) and engages
+/// with what arrives, so adoption has something to count; a person can open the printed
+/// panel URL and watch the same call.
 async fn replay_part(
     s: &mut Steps,
     emu: &crate::emulator::Emulator,
     stack: &super::serve::Stack,
     api: &str,
-    key: &str,
+    interactive: bool,
 ) -> anyhow::Result<()> {
     use crate::emulator::{ReplaySpec, Speed};
 
-    s.step(&format!("Replay {} recorded calls at {REPLAY_SPEED}x: rules fire from live transcripts", REPLAYED.len()));
     let calls: Vec<_> =
         REPLAYED.iter().filter_map(|scenario| emu.calls().into_iter().find(|c| c.scenario == *scenario)).collect();
     let first = calls.first().context("the embedded calls lack the demo's scenarios")?;
-    let mut stream = reqwest::Client::new()
-        .get(format!("{api}/v1/conversations/{}/stream", first.conversation_id))
-        .bearer_auth(key)
+
+    s.step(&format!("The agent of the {} call signs in to the prompt panel", first.scenario));
+    let http = reqwest::Client::new();
+    let agent_token = emu.issue_agent_token(&first.agent_user_id);
+    let signed: serde_json::Value = http
+        .post(format!("{api}/panel/session"))
+        .bearer_auth(&agent_token)
+        .json(&serde_json::json!({ "conversationId": first.conversation_id }))
+        .send()
+        .await?
+        .error_for_status()
+        .context("the agent's panel sign-in was refused")?
+        .json()
+        .await?;
+    let session = signed["session"].as_str().context("the sign-in answer has no session")?.to_string();
+    say(format!(
+        "{} ({}) has a panel session for conversation {} only, until {}",
+        signed["userName"].as_str().unwrap_or("?"),
+        first.agent_user_id,
+        first.conversation_id,
+        signed["expiresAt"].as_str().unwrap_or("?")
+    ));
+    let url = format!("{api}/panel?conversationId={}", first.conversation_id);
+    say(format!("watch it in a browser: {url}"));
+    say(format!("  (the emulator's login page lists its agents: pick {})", first.agent_name));
+    let speed = if interactive {
+        say("open the URL, sign in, then press Enter to start the calls");
+        wait_for_enter().await;
+        INTERACTIVE_SPEED
+    } else {
+        REPLAY_SPEED
+    };
+    let mut stream = http
+        .get(format!("{api}/panel/conversations/{}/stream", first.conversation_id))
+        .bearer_auth(&session)
         .send()
         .await?
         .error_for_status()?;
+
+    s.step(&format!("Replay {} recorded calls at {speed}x: rules fire from live transcripts", calls.len()));
     let started = Instant::now();
     let spec = ReplaySpec {
         conversation_ids: calls.iter().map(|c| c.conversation_id.clone()).collect(),
-        speed: Speed::Times(REPLAY_SPEED),
+        speed: Speed::Times(speed),
         ..ReplaySpec::default()
     };
     emu.replay(spec).context("cannot start the replay")?;
@@ -374,15 +440,31 @@ async fn replay_part(
     let mut buf = String::new();
     let shown = next_prompt_event(&mut stream, &mut buf).await?;
     say(format!(
-        "  +{} ms  panel of the {} call: prompt \"{}\"",
+        "  +{} ms  the agent's panel: prompt \"{}\"",
         started.elapsed().as_millis(),
-        first.scenario,
         shown["title"].as_str().unwrap_or("?")
     ));
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The agent reads it, finds it useful and opens its link: viewed, feedback, clicked.
+    if let Some(id) = shown["injectionId"].as_str() {
+        for body in [
+            serde_json::json!({"type": "viewed"}),
+            serde_json::json!({"type": "feedback", "rating": 1}),
+            serde_json::json!({"type": "clicked"}),
+        ] {
+            http.post(format!("{api}/panel/injections/{id}/engagements"))
+                .bearer_auth(&session)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("the panel could not record {body}"))?;
+        }
+        say("  the agent viewed it, rated it 👍 and opened its link (recorded, audited, sent as webhooks)");
+    }
+    let deadline = Instant::now() + Duration::from_secs(if interactive { 600 } else { 30 });
     while !emu.replays().iter().all(|r| r.done) {
         if Instant::now() > deadline {
-            anyhow::bail!("the replay did not finish within 30 s");
+            anyhow::bail!("the replay did not finish in time");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -402,7 +484,20 @@ async fn replay_part(
     if !fires.iter().any(|f| f.outcome == "fired") {
         anyhow::bail!("no rule fired during the replay");
     }
+    if interactive {
+        say("press Enter to stop the service and see the audit check and adoption figures");
+        wait_for_enter().await;
+    }
     Ok(())
+}
+
+/// Waits for a line on stdin (interactive runs only).
+async fn wait_for_enter() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)
+    })
+    .await;
 }
 
 /// Read the SSE stream until the next `prompt` event; its data as JSON.

@@ -219,6 +219,12 @@ fn demo_runs_the_tutorial_end_to_end() {
         "0 answered 429",
         "rules fire from live transcripts",
         "cancel_threat fired",
+        "signs in to the prompt panel",
+        "watch it in a browser: http://127.0.0.1:",
+        "AGENT_ASSIST_PROMPT_CLICKED",
+        "every signature verified; 0 rejected",
+        "valid: ",
+        "clicked 1",
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }
