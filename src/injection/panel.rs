@@ -39,9 +39,15 @@ struct ConvStream {
     tx: broadcast::Sender<PanelEvent>,
 }
 
+/// Live subscribers lagging this far behind resynchronise from the ring instead.
+const LIVE_BUFFER: usize = 16;
+
 impl ConvStream {
+    // Memory matters here: every live conversation has one, watched or not (goal: a few KiB
+    // per conversation). The ring grows only as events arrive, and the broadcast buffer is
+    // small because a lagging subscriber catches up from the ring.
     fn new() -> ConvStream {
-        ConvStream { ring: VecDeque::with_capacity(RING), tx: broadcast::channel(RING).0 }
+        ConvStream { ring: VecDeque::new(), tx: broadcast::channel(LIVE_BUFFER).0 }
     }
 }
 

@@ -241,6 +241,8 @@ pub struct ServiceStats {
     pub trigger_latency: Histogram,
     /// Rule decisions of the live trigger runtime, by outcome (`fired`, `shadow`, ...).
     pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
+    /// Conversations the live trigger runtime follows now (agent connected, not ended).
+    pub live_conversations: AtomicU64,
 }
 
 impl ServiceStats {

@@ -50,6 +50,12 @@ pub async fn render(State(st): State<AppState>) -> Response {
             let _ = writeln!(out, "gc_assist_rule_decisions_total{{outcome=\"{outcome}\"}} {n}");
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP gc_assist_live_conversations Conversations the live trigger runtime follows (agent connected, not ended).\n\
+         # TYPE gc_assist_live_conversations gauge\ngc_assist_live_conversations {}",
+        stats.live_conversations.load(std::sync::atomic::Ordering::Relaxed)
+    );
     histogram(
         &mut out,
         "gc_assist_trigger_latency_seconds",

@@ -343,6 +343,7 @@ impl Runtime {
         let mut engine = ConversationEngine::new();
         let decisions = engine.start(&self.rules, queue_id.as_deref(), queue_name.as_deref(), now);
         self.convs.insert(conv_id, Conv { engine, api: Vec::new(), deadline: None });
+        self.service.stats().live_conversations.store(self.convs.len() as u64, Ordering::Relaxed);
         self.act(conv_id, decisions);
         for (id, conditions) in self.service.armed_for(conv_id) {
             self.arm(conv_id, id, &conditions, now);
@@ -353,6 +354,7 @@ impl Runtime {
         if self.convs.remove(&conv_id).is_none() {
             return;
         }
+        self.service.stats().live_conversations.store(self.convs.len() as u64, Ordering::Relaxed);
         self.stats.conversations_ended.fetch_add(1, Ordering::Relaxed);
         let svc = self.service.clone();
         tokio::spawn(async move {
