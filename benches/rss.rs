@@ -116,6 +116,7 @@ fn spawn_and_read(cmd: &mut Command, marker: &str) -> (Child, String) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("gc-assist did not print {marker:?}");
 }
 
