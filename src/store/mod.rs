@@ -35,9 +35,11 @@
 //! Migrations are checksummed by sqlx when applied: never edit one that has shipped; add
 //! `migrations/sqlite/NNNN_what.sql` instead (`build.rs` rebuilds when the folder changes).
 
+mod bulk;
 pub mod clock;
 pub mod model;
 mod ops;
+mod raw_audit;
 mod read;
 mod writer;
 
