@@ -43,8 +43,8 @@ use crate::audit::AuditDraft;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
 use crate::genesys::GenesysClient;
 use crate::store::{
-    Clock, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate, OutboxRow, Source, Store, StoreError,
-    WriteOp,
+    Clock, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate, OutboxRow,
+    Source, Store, StoreError, WriteOp,
 };
 
 /// Due conversations ticked at once by the timer; bounded so a huge backlog after a
@@ -61,6 +61,8 @@ pub const EVENT_FAILED: &str = "AGENT_ASSIST_INJECTION_FAILED";
 /// How often a participant-data write is tried before the failure is recorded.
 const PD_ATTEMPTS: u32 = 3;
 const PD_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// How long shutdown keeps writing participant-data jobs that were already queued.
+const PD_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the service refused or could not complete a request.
 #[derive(Debug, Error)]
@@ -283,10 +285,28 @@ struct Inner {
     stats: ServiceStats,
     /// Store writes in flight from this service (for load shedding).
     in_flight: AtomicU64,
+    /// The timer and channel worker, awaited by [`Service::drained`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn rfc3339(ms: i64) -> String {
     participant_data::timestamp(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
+}
+
+/// The engagement event a status change is, for adoption: a prompt reaching the screen is
+/// `shown`; leaving it by click, dismissal or its own timer is `clicked`, `dismissed`,
+/// `expired`. An armed prompt expiring unfired never reached the agent, and an operator's
+/// withdrawal is not the agent's doing: neither counts.
+fn engagement_for(from: InjectionStatus, to: InjectionStatus) -> Option<EngagementKind> {
+    use InjectionStatus as S;
+    match (from, to) {
+        (S::Delivered, S::Delivered) => None,
+        (_, S::Delivered) => Some(EngagementKind::Shown),
+        (S::Delivered, S::Clicked) => Some(EngagementKind::Clicked),
+        (S::Delivered, S::Dismissed) => Some(EngagementKind::Dismissed),
+        (S::Delivered, S::Expired) => Some(EngagementKind::Expired),
+        _ => None,
+    }
 }
 
 fn priority_rank(p: Priority) -> u8 {
@@ -353,16 +373,28 @@ impl Service {
                 pd_tx,
                 stats: ServiceStats::default(),
                 in_flight: AtomicU64::new(0),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
         svc.recover().await?;
         let timer = svc.clone();
-        tokio::spawn(async move { timer.run_timer().await });
+        let mut tasks = vec![tokio::spawn(async move { timer.run_timer().await })];
         if let Some(rx) = pd_rx {
             let worker = svc.clone();
-            tokio::spawn(async move { worker.run_participant_data(rx).await });
+            tasks.push(tokio::spawn(async move { worker.run_participant_data(rx).await }));
         }
+        *svc.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(svc)
+    }
+
+    /// Waits, after [`Service::shutdown`], for the timer and the channel worker to finish
+    /// (the worker first writes the participant-data jobs already queued, for up to
+    /// `PD_DRAIN`), so the caller can close the store knowing nothing is still writing.
+    pub async fn drained(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Stops the timer and the channel worker; later calls answer `ShuttingDown`.
@@ -687,7 +719,15 @@ impl Service {
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
             (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
         let at = u.at;
-        if let Err(e) = self.write(vec![WriteOp::UpdateInjection(Box::new(u))]).await {
+        let from = row.status;
+        let mut ops = Vec::with_capacity(2);
+        if let Some(kind) = engagement_for(from, status) {
+            let mut e = EngagementRow::of(&row, kind, at);
+            e.shown_at = show_at.or(row.show_at);
+            ops.push(WriteOp::Engagement(e));
+        }
+        ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
+        if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
         }
@@ -1135,44 +1175,66 @@ impl Service {
                     Some(j) => j,
                     None => return,
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => break,
             };
-            let (row, attrs, what) = match &job {
-                PdJob::Show { row } => {
-                    let p = self.attribute(row);
-                    (row, participant_data::show_attributes(&self.inner.prefix, row.id, &p), "show")
+            self.pd_job(&mut agents, &job).await;
+        }
+        // Shutting down: jobs already queued are still written (a prompt dismissed just
+        // before shutdown must not stay "active" in participant data), within a bound; any
+        // left over are recorded as abandoned rather than silently dropped.
+        let deadline = tokio::time::Instant::now() + PD_DRAIN;
+        while let Ok(job) = rx.try_recv() {
+            if tokio::time::timeout_at(deadline, self.pd_job(&mut agents, &job)).await.is_err() {
+                self.pd_failed(&job, "shutdown came before the participant-data write finished".into()).await;
+                while let Ok(rest) = rx.try_recv() {
+                    self.pd_failed(&rest, "shutdown came before the participant-data write started".into()).await;
                 }
-                PdJob::Mark { row, status } => {
-                    let p = self.attribute(row);
-                    (row, participant_data::mark_attributes(&self.inner.prefix, row.id, &p, status), "mark")
-                }
-            };
-            let mut backoff = PD_FIRST_BACKOFF;
-            let mut last_err = String::new();
-            for attempt in 1..=PD_ATTEMPTS {
-                match self.pd_write(&mut agents, row.conversation_id, &attrs).await {
-                    Ok(()) => {
-                        last_err.clear();
-                        break;
-                    }
-                    Err(e) => {
-                        last_err = e;
-                        if attempt < PD_ATTEMPTS {
-                            tokio::time::sleep(backoff).await;
-                            backoff *= 2;
-                        }
+                return;
+            }
+        }
+    }
+
+    /// One participant-data write with its retries; a final failure is recorded.
+    async fn pd_job(&self, agents: &mut HashMap<Uuid, String>, job: &PdJob) {
+        let (row, attrs) = match job {
+            PdJob::Show { row } => {
+                let p = self.attribute(row);
+                (row, participant_data::show_attributes(&self.inner.prefix, row.id, &p))
+            }
+            PdJob::Mark { row, status } => {
+                let p = self.attribute(row);
+                (row, participant_data::mark_attributes(&self.inner.prefix, row.id, &p, status))
+            }
+        };
+        let mut backoff = PD_FIRST_BACKOFF;
+        let mut last_err = String::new();
+        for attempt in 1..=PD_ATTEMPTS {
+            match self.pd_write(agents, row.conversation_id, &attrs).await {
+                Ok(()) => return,
+                Err(e) => {
+                    last_err = e;
+                    if attempt < PD_ATTEMPTS {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
                     }
                 }
             }
-            if !last_err.is_empty() {
-                self.inner.stats.channel_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(injection = %row.id, error = %last_err, "participant-data write failed");
-                let mut d = draft(row, row.status.as_str(), "system", Some(&format!("participant_data_{what}_failed")));
-                d.error = Some(last_err);
-                if let Err(e) = self.write(vec![WriteOp::RecordEvent { audit: d, outbox: Vec::new() }]).await {
-                    tracing::warn!(injection = %row.id, error = %e, "could not record a participant-data failure");
-                }
-            }
+        }
+        self.pd_failed(job, last_err).await;
+    }
+
+    /// Records a participant-data write that did not happen, in the injection's audit trail.
+    async fn pd_failed(&self, job: &PdJob, error: String) {
+        let (row, what) = match job {
+            PdJob::Show { row } => (row, "show"),
+            PdJob::Mark { row, .. } => (row, "mark"),
+        };
+        self.inner.stats.channel_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(injection = %row.id, error = %error, "participant-data write failed");
+        let mut d = draft(row, row.status.as_str(), "system", Some(&format!("participant_data_{what}_failed")));
+        d.error = Some(error);
+        if let Err(e) = self.write(vec![WriteOp::RecordEvent { audit: d, outbox: Vec::new() }]).await {
+            tracing::warn!(injection = %row.id, error = %e, "could not record a participant-data failure");
         }
     }
 
@@ -1324,6 +1386,17 @@ mod tests {
         // The panel saw the show and the removal, in order.
         let kinds: Vec<&str> = svc.panel().subscribe(conv, None).backlog.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["prompt", "remove"]);
+        // Adoption sees the prompt shown at its show time, then clicked 0 ms after.
+        let mut seen = Vec::new();
+        store.engagement_events(0, i64::MAX, |e| seen.push((e.injection_id, e.kind, e.at, e.shown_at))).await.unwrap();
+        let shown_at = Some(T0 + 500);
+        assert_eq!(
+            seen,
+            [
+                (a.injection_id, EngagementKind::Shown, T0 + 600, shown_at),
+                (a.injection_id, EngagementKind::Clicked, T0 + 600, shown_at)
+            ]
+        );
         svc.shutdown();
         store.close().await.unwrap();
     }
@@ -1427,6 +1500,27 @@ mod tests {
         assert_eq!(kinds, ["prompt", "remove", "prompt"]);
         svc.shutdown();
         store.close().await.unwrap();
+    }
+
+    #[test]
+    fn engagement_events_follow_status_changes() {
+        use InjectionStatus as S;
+        let table = [
+            (S::Scheduled, S::Delivered, Some(EngagementKind::Shown)),
+            (S::Queued, S::Delivered, Some(EngagementKind::Shown)),
+            (S::Delivered, S::Delivered, None),
+            (S::Delivered, S::Clicked, Some(EngagementKind::Clicked)),
+            (S::Delivered, S::Dismissed, Some(EngagementKind::Dismissed)),
+            (S::Delivered, S::Expired, Some(EngagementKind::Expired)),
+            (S::Armed, S::Expired, None),
+            (S::Delivered, S::Withdrawn, None),
+            (S::Scheduled, S::Withdrawn, None),
+            (S::Queued, S::Failed, None),
+            (S::Armed, S::Scheduled, None),
+        ];
+        for (from, to, want) in table {
+            assert_eq!(engagement_for(from, to), want, "{from} -> {to}");
+        }
     }
 
     #[test]

@@ -135,5 +135,6 @@ pub async fn serve(
     };
     axum::serve(listener, app).with_graceful_shutdown(signal).await?;
     state.inner.service.shutdown();
+    state.inner.service.drained().await;
     Ok(())
 }

@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{InjectionRow, InjectionUpdate, OutboxRow};
+use super::model::{EngagementRow, InjectionRow, InjectionUpdate, OutboxRow};
 use crate::audit::AuditRecord;
 
 /// `value->>0, ..., value->>(n-1)`, with `unhex(...)` around the listed blob columns.
@@ -23,7 +23,8 @@ macro_rules! cols {
 /// Injections: the columns of `INSERT_INJECTIONS`, in order.
 pub(super) const INSERT_INJECTIONS_JSON: &str = concat!(
     "INSERT INTO injections (id, conversation_id, prompt_id, status, payload, content, priority, source, api_key_id, \
-     rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, last_error) SELECT ",
+     rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, last_error, queue_id, \
+     agent_id) SELECT ",
     cols!(
         "value->>0",
         "value->>1",
@@ -40,9 +41,28 @@ pub(super) const INSERT_INJECTIONS_JSON: &str = concat!(
         "value->>12",
         "value->>13",
         "value->>14",
-        "value->>15"
+        "value->>15",
+        "value->>16",
+        "value->>17"
     ),
-    "value->>16 FROM json_each(?)"
+    "value->>18 FROM json_each(?)"
+);
+
+pub(super) const INSERT_ENGAGEMENTS_JSON: &str = concat!(
+    "INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, kind, at, \
+     shown_at, rating) SELECT ",
+    cols!(
+        "value->>0",
+        "value->>1",
+        "value->>2",
+        "value->>3",
+        "value->>4",
+        "value->>5",
+        "value->>6",
+        "value->>7",
+        "value->>8"
+    ),
+    "value->>9 FROM json_each(?)"
 );
 
 pub(super) const INSERT_AUDIT_JSON: &str = concat!(
@@ -109,7 +129,7 @@ pub(super) fn finish_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "{INSERT_INJECTIONS_JSON}; {INSERT_AUDIT_JSON}; {INSERT_OUTBOX_JSON}; \
+            "{INSERT_INJECTIONS_JSON}; {INSERT_AUDIT_JSON}; {INSERT_OUTBOX_JSON}; {INSERT_ENGAGEMENTS_JSON}; \
              UPDATE audit_head SET last_seq = ?, last_hash = ?, last_at = ? WHERE id = 1 AND ?; COMMIT"
         )
     })
@@ -255,6 +275,26 @@ pub(super) fn injections<'a>(
         j.opt_int(row.queue_deadline);
         j.int(row.updated_at);
         j.opt_text(row.last_error.as_deref());
+        j.opt_text(row.queue_id.as_deref());
+        j.opt_text(row.agent_id.as_deref());
+    }
+    j.finish()
+}
+
+pub(super) fn engagements<'a>(rows: impl ExactSizeIterator<Item = &'a EngagementRow>) -> Option<String> {
+    let mut j = Rows::new(rows.len() * 256);
+    for e in rows {
+        j.row();
+        j.uuid_text(&e.injection_id);
+        j.uuid_text(&e.conversation_id);
+        j.uuid_text(&e.prompt_id);
+        j.opt_text(e.rule_id.as_deref());
+        j.opt_text(e.queue_id.as_deref());
+        j.opt_text(e.agent_id.as_deref());
+        j.text(e.kind.as_str());
+        j.int(e.at);
+        j.opt_int(e.shown_at);
+        j.opt_int(e.rating.map(i64::from));
     }
     j.finish()
 }

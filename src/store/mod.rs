@@ -62,9 +62,9 @@ use crate::audit::{AuditError, AuditRecord, Chain};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use model::{
-    new_message_id, AuditHead, DisabledEndpoint, IdempotencyRow, InjectionRow, InjectionStatus, InjectionUpdate,
-    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Redrive, Source,
-    IDEMPOTENCY_TTL_MS,
+    new_message_id, AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow,
+    InjectionStatus, InjectionUpdate, InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord,
+    RecoverySet, Redrive, Source, IDEMPOTENCY_TTL_MS,
 };
 pub use ops::{BatchOutcome, WriteBatch, WriteOp};
 pub use writer::WriterStats;

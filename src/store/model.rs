@@ -125,6 +125,91 @@ impl FromStr for Source {
     }
 }
 
+/// What happened to a prompt on screen (CONTRACT.md §6), one `engagement_events` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EngagementKind {
+    Shown,
+    /// Rendered and visible on screen for at least a second while the tab was visible.
+    Viewed,
+    Clicked,
+    Dismissed,
+    /// Left the screen on its own (`autoDismissMs`).
+    Expired,
+    /// A thumbs up or down (`rating`).
+    Feedback,
+}
+
+impl EngagementKind {
+    pub const ALL: [EngagementKind; 6] = [
+        EngagementKind::Shown,
+        EngagementKind::Viewed,
+        EngagementKind::Clicked,
+        EngagementKind::Dismissed,
+        EngagementKind::Expired,
+        EngagementKind::Feedback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngagementKind::Shown => "shown",
+            EngagementKind::Viewed => "viewed",
+            EngagementKind::Clicked => "clicked",
+            EngagementKind::Dismissed => "dismissed",
+            EngagementKind::Expired => "expired",
+            EngagementKind::Feedback => "feedback",
+        }
+    }
+}
+
+impl fmt::Display for EngagementKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EngagementKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        EngagementKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or(())
+    }
+}
+
+/// One engagement event, denormalized so adoption folds over one table in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngagementRow {
+    pub injection_id: Uuid,
+    pub conversation_id: Uuid,
+    pub prompt_id: Uuid,
+    pub rule_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub kind: EngagementKind,
+    /// Epoch ms.
+    pub at: i64,
+    /// When the prompt was shown (epoch ms), for time-to-click without a join.
+    pub shown_at: Option<i64>,
+    /// +1 or −1 for `Feedback`.
+    pub rating: Option<i8>,
+}
+
+impl EngagementRow {
+    /// An event for `row` taking its ids, rule, queue, agent and show time.
+    pub fn of(row: &InjectionRow, kind: EngagementKind, at: i64) -> EngagementRow {
+        EngagementRow {
+            injection_id: row.id,
+            conversation_id: row.conversation_id,
+            prompt_id: row.prompt_id,
+            rule_id: row.rule_id.clone(),
+            queue_id: row.queue_id.clone(),
+            agent_id: row.agent_id.clone(),
+            kind,
+            at,
+            shown_at: row.show_at,
+            rating: None,
+        }
+    }
+}
+
 /// One injection as stored. `conversation_id` and `prompt_id` repeat the payload's so they
 /// can be indexed; the store checks they agree.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +226,10 @@ pub struct InjectionRow {
     pub source: Source,
     pub api_key_id: Option<String>,
     pub rule_id: Option<String>,
+    /// The queue the conversation came through, when known (rules know it).
+    pub queue_id: Option<String>,
+    /// The agent the prompt is for, when known (a panel session learns it).
+    pub agent_id: Option<String>,
     pub created_at: i64,
     pub admitted_at: Option<i64>,
     pub show_at: Option<i64>,
@@ -174,6 +263,8 @@ impl InjectionRow {
             source,
             api_key_id: None,
             rule_id: None,
+            queue_id: None,
+            agent_id: None,
             created_at,
             admitted_at: None,
             show_at: None,

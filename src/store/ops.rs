@@ -12,7 +12,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::bulk;
-use super::model::{IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow, Redrive};
+use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow, Redrive};
 use super::{db_err, StoreError, IDEMPOTENCY_TTL_MS};
 use crate::audit::{AuditDraft, AuditRecord, AuditTime, Chain, Checkpoint, Digest};
 use crate::contract::CatalogueEntry;
@@ -34,6 +34,9 @@ pub enum WriteOp {
     /// An audit record (and webhooks) for an event that changes no row, such as `viewed`.
     /// The injection must exist and the draft's ids must match it.
     RecordEvent { audit: AuditDraft, outbox: Vec<OutboxRow> },
+    /// An engagement event for adoption (shown, viewed, clicked, ...), usually in the same
+    /// batch as the status change that caused it.
+    Engagement(EngagementRow),
     /// Stores an idempotent answer without an injection (a 409 or 422 to replay).
     PutIdempotency(IdempotencyRow),
     /// Deletes idempotency answers older than 24 h.
@@ -137,12 +140,17 @@ pub(super) struct TxCtx<'c, 'j> {
     injections: Vec<(&'j InjectionRow, String, String)>,
     updates: Vec<&'j InjectionUpdate>,
     outbox: Vec<&'j OutboxRow>,
+    engagements: Vec<&'j EngagementRow>,
 }
 
-const INJECTION_COLS: usize = 17;
+const INJECTION_COLS: usize = 19;
 const INSERT_INJECTIONS: &str = "INSERT INTO injections (id, conversation_id, prompt_id, status, payload, content, \
      priority, source, api_key_id, rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, \
-     last_error) VALUES ";
+     last_error, queue_id, agent_id) VALUES ";
+
+const ENGAGEMENT_COLS: usize = 10;
+const INSERT_ENGAGEMENTS: &str = "INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, \
+     queue_id, agent_id, kind, at, shown_at, rating) VALUES ";
 
 const UPDATE_COLS: usize = 9;
 const UPDATE_INJECTIONS: (&str, &str) = (
@@ -237,6 +245,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             injections: Vec::new(),
             updates: Vec::new(),
             outbox: Vec::new(),
+            engagements: Vec::new(),
         }
     }
 
@@ -269,6 +278,17 @@ impl<'c, 'j> TxCtx<'c, 'j> {
                 self.put_idempotency(row).await?;
                 Ok(1)
             }
+            WriteOp::Engagement(e) => {
+                if e.rating.is_some_and(|r| r != 1 && r != -1) {
+                    return Err(StoreError::Invalid(format!("a feedback rating is +1 or -1, not {:?}", e.rating)));
+                }
+                self.engagements.push(e);
+                self.wrote = true;
+                if !self.bulk {
+                    self.flush_engagements().await?;
+                }
+                Ok(1)
+            }
             // Everything below reads or changes what the buffers hold: write them out first.
             other => {
                 self.flush().await?;
@@ -282,6 +302,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             WriteOp::InsertInjection { .. }
             | WriteOp::UpdateInjection(_)
             | WriteOp::RecordEvent { .. }
+            | WriteOp::Engagement(_)
             | WriteOp::PutIdempotency(_) => {
                 Err(StoreError::Invalid("internal: a buffered operation took the direct path".into()))
             }
@@ -473,7 +494,45 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         self.flush_injections().await?;
         self.flush_updates(!self.bulk).await?;
         self.flush_audit().await?;
-        self.flush_outbox().await
+        self.flush_outbox().await?;
+        self.flush_engagements().await
+    }
+
+    async fn flush_engagements(&mut self) -> Result<(), StoreError> {
+        let buf = std::mem::take(&mut self.engagements);
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(json) = bulk::engagements(buf.iter().copied()) {
+            sqlx::query(bulk::INSERT_ENGAGEMENTS_JSON)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(db_err("inserting engagement events"))?;
+            return Ok(());
+        }
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            rest = tail;
+            let sql = format!("{INSERT_ENGAGEMENTS}{}", placeholders(ENGAGEMENT_COLS, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q
+                    .bind(e.injection_id.hyphenated())
+                    .bind(e.conversation_id.hyphenated())
+                    .bind(e.prompt_id.hyphenated())
+                    .bind(e.rule_id.as_deref())
+                    .bind(e.queue_id.as_deref())
+                    .bind(e.agent_id.as_deref())
+                    .bind(e.kind.as_str())
+                    .bind(e.at)
+                    .bind(e.shown_at)
+                    .bind(e.rating.map(i64::from));
+            }
+            q.execute(&mut *self.conn).await.map_err(db_err("inserting engagement events"))?;
+        }
+        Ok(())
     }
 
     /// Ends the transaction in one hand-off: writes what is still buffered, moves the chain
@@ -489,12 +548,14 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             bulk::injections(self.injections.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str()))),
             bulk::audit(&self.records[self.audit_flushed..], &self.day),
             bulk::outbox(self.outbox.iter().copied()),
+            bulk::engagements(self.engagements.iter().copied()),
         );
-        let (injections, audit, outbox) = match json {
-            (Some(i), Some(a), Some(o)) => (i, a, o),
+        let (injections, audit, outbox, engagements) = match json {
+            (Some(i), Some(a), Some(o), Some(e)) => (i, a, o, e),
             _ => {
                 self.flush().await?;
-                ("[]".to_owned(), "[]".to_owned(), "[]".to_owned())
+                let empty = || "[]".to_owned();
+                (empty(), empty(), empty(), empty())
             }
         };
         let (seq, hash, at, appended) = head;
@@ -502,6 +563,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             .bind(injections)
             .bind(audit)
             .bind(outbox)
+            .bind(engagements)
             .bind(seq)
             .bind(hash)
             .bind(at)
@@ -514,6 +576,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         }
         self.injections.clear();
         self.outbox.clear();
+        self.engagements.clear();
         self.audit_flushed = self.records.len();
         Ok(())
     }
@@ -571,7 +634,9 @@ impl<'c, 'j> TxCtx<'c, 'j> {
                     .bind(row.expires_at)
                     .bind(row.queue_deadline)
                     .bind(row.updated_at)
-                    .bind(row.last_error.as_deref());
+                    .bind(row.last_error.as_deref())
+                    .bind(row.queue_id.as_deref())
+                    .bind(row.agent_id.as_deref());
             }
             if let Err(e) = q.execute(&mut *self.conn).await {
                 let single = StoreError::Duplicate { what: "injection", id: chunk[0].0.id.to_string() };

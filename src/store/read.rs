@@ -13,8 +13,8 @@ use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use super::model::{
-    AuditHead, DisabledEndpoint, IdempotencyRow, InjectionRow, InjectionStatus, InjectionWithTimeline, OutboxRow,
-    OutboxState, OutboxStats, PurgeRecord, RecoverySet, Source, IDEMPOTENCY_TTL_MS,
+    AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus,
+    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Source, IDEMPOTENCY_TTL_MS,
 };
 use super::ops::{digest, to_i64};
 use super::{db_err, StoreError};
@@ -22,7 +22,8 @@ use crate::audit::{AuditRecord, AuditTime, Checkpoint, DaySummary};
 use crate::contract::{CatalogueEntry, Priority, PromptContent, ValidPayload};
 
 const INJECTION_COLUMNS: &str = "id, conversation_id, prompt_id, status, payload, content, priority, source, \
-     api_key_id, rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, last_error";
+     api_key_id, rule_id, created_at, admitted_at, show_at, expires_at, queue_deadline, updated_at, last_error, \
+     queue_id, agent_id";
 
 const AUDIT_COLUMNS: &str = "seq, audit_id, timestamp, conversation_id, prompt_id, injection_id, status, latency_ms, \
      error, actor, reason, compliance_tag, retention_policy, prev_hash, hash";
@@ -101,6 +102,8 @@ fn decode_injection(row: &SqliteRow) -> Result<InjectionRow, StoreError> {
         queue_deadline: get(row, 14)?,
         updated_at: get(row, 15)?,
         last_error: get(row, 16)?,
+        queue_id: get(row, 17)?,
+        agent_id: get(row, 18)?,
     })
 }
 
@@ -240,6 +243,42 @@ impl super::Store {
             .iter()
             .map(decode_injection)
             .collect()
+    }
+
+    /// Engagement events with `from <= at < to` (epoch ms), in time order, handed to `each`
+    /// one at a time so adoption can fold millions of them without holding them all.
+    pub async fn engagement_events(
+        &self,
+        from: i64,
+        to: i64,
+        mut each: impl FnMut(EngagementRow),
+    ) -> Result<u64, StoreError> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(
+            "SELECT injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, kind, at, shown_at, rating \
+             FROM engagement_events WHERE at >= ? AND at < ? ORDER BY at, id",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch(self.pool());
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await.map_err(db_err("reading engagement events"))? {
+            let rating: Option<i64> = get(&row, 9)?;
+            each(EngagementRow {
+                injection_id: text_uuid(&row, 0)?,
+                conversation_id: text_uuid(&row, 1)?,
+                prompt_id: text_uuid(&row, 2)?,
+                rule_id: get(&row, 3)?,
+                queue_id: get(&row, 4)?,
+                agent_id: get(&row, 5)?,
+                kind: parse_enum::<EngagementKind>(get(&row, 6)?, "engagement kind")?,
+                at: get(&row, 7)?,
+                shown_at: get(&row, 8)?,
+                rating: rating.and_then(|r| i8::try_from(r).ok()),
+            });
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Everything a restarted service must pick up again (see [`RecoverySet`]).

@@ -839,3 +839,41 @@ async fn recovery_writes_participant_data_for_prompts_still_on_screen() {
     assert_eq!(shown["status"], "shown");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_still_writes_participant_data_marks_already_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let call = emu.create_conversation(NewConversation::default());
+    let svc = start(dir.path(), &emu, 65536).await;
+    let (st, body) = post(&svc.base, &payload(&call.conversation_id, 2, 500, 60_000, json!({})), None).await;
+    assert_eq!(st, 201, "{body}");
+    let id = body["injectionId"].as_str().unwrap().to_string();
+    let key = format!("gcAssist.prompt.{id}");
+    let shown = |v: &str| v.contains("\"status\":\"shown\"");
+    let until = Instant::now() + Duration::from_secs(5);
+    while !emu
+        .participant_attributes(&call.conversation_id, &call.agent_participant_id)
+        .unwrap()
+        .get(&key)
+        .is_some_and(|v| shown(v))
+    {
+        assert!(Instant::now() < until, "participant data never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Genesys answers slowly: the withdrawal's mark is still queued when shutdown begins.
+    emu.faults().latency(Duration::from_millis(400));
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/prompt-injections/{id}", svc.base))
+        .bearer_auth(INJECTOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    svc.stop().await;
+    let attrs = emu.participant_attributes(&call.conversation_id, &call.agent_participant_id).unwrap();
+    assert!(
+        attrs.get(&key).is_some_and(|v| v.contains("\"status\":\"withdrawn\"")),
+        "mark lost at shutdown: {attrs:?}"
+    );
+}
