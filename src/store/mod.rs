@@ -166,6 +166,11 @@ pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     /// Seeds the random part of audit ids (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Hand SQLite the rows of a group commit as one JSON parameter per table (the default);
+    /// `false` uses multi-row `VALUES` statements, one per power-of-two chunk: the earlier
+    /// form, still the fallback for texts with a NUL, kept selectable so benchmarks can
+    /// compare the two in one run.
+    pub bulk_json: bool,
 }
 
 impl Default for StoreOptions {
@@ -177,6 +182,7 @@ impl Default for StoreOptions {
             queue_capacity: 8192,
             clock: Arc::new(SystemClock),
             rng_seed: None,
+            bulk_json: true,
         }
     }
 }
@@ -190,6 +196,7 @@ impl fmt::Debug for StoreOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("clock", &self.clock)
             .field("rng_seed", &self.rng_seed.map(|_| "set"))
+            .field("bulk_json", &self.bulk_json)
             .finish()
     }
 }
@@ -250,6 +257,7 @@ impl Store {
             rng,
             counters: counters.clone(),
             max_drain: opts.max_drain.max(1),
+            bulk_json: opts.bulk_json,
         };
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let task = tokio::spawn(w.run(rx));

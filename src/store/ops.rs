@@ -129,6 +129,8 @@ pub(super) struct TxCtx<'c, 'j> {
     now: i64,
     day: String,
     bulk: bool,
+    /// Rows go to SQLite as JSON where they can (`StoreOptions::bulk_json`).
+    pub json: bool,
     /// Whether the current batch has changed anything yet (buffered counts).
     pub wrote: bool,
     /// A buffered statement failed on a constraint: replay the drain.
@@ -238,6 +240,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             at,
             now,
             bulk,
+            json: true,
             wrote: false,
             flush_failed: false,
             records: Vec::new(),
@@ -503,7 +506,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Some(json) = bulk::engagements(buf.iter().copied()) {
+        if let Some(json) = self.json.then(|| bulk::engagements(buf.iter().copied())).flatten() {
             sqlx::query(bulk::INSERT_ENGAGEMENTS_JSON)
                 .bind(json)
                 .execute(&mut *self.conn)
@@ -544,12 +547,16 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             self.flush_injections().await?;
             self.flush_updates(!self.bulk).await?;
         }
-        let json = (
-            bulk::injections(self.injections.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str()))),
-            bulk::audit(&self.records[self.audit_flushed..], &self.day),
-            bulk::outbox(self.outbox.iter().copied()),
-            bulk::engagements(self.engagements.iter().copied()),
-        );
+        let json = if !self.json {
+            (None, None, None, None)
+        } else {
+            (
+                bulk::injections(self.injections.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str()))),
+                bulk::audit(&self.records[self.audit_flushed..], &self.day),
+                bulk::outbox(self.outbox.iter().copied()),
+                bulk::engagements(self.engagements.iter().copied()),
+            )
+        };
         let (injections, audit, outbox, engagements) = match json {
             (Some(i), Some(a), Some(o), Some(e)) => (i, a, o, e),
             _ => {
@@ -603,7 +610,9 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Some(json) = bulk::injections(buf.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str()))) {
+        if let Some(json) =
+            self.json.then(|| bulk::injections(buf.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str())))).flatten()
+        {
             if let Err(e) = sqlx::query(bulk::INSERT_INJECTIONS_JSON).bind(json).execute(&mut *self.conn).await {
                 let single = StoreError::Duplicate { what: "injection", id: buf[0].0.id.to_string() };
                 return Err(self.buffered_err(e, "inserting injections", single));
@@ -650,7 +659,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     async fn flush_updates(&mut self, attributable: bool) -> Result<(), StoreError> {
         let buf = std::mem::take(&mut self.updates);
         // One JSON-fed statement for the whole buffer when it encodes; else bound chunks.
-        let json = bulk::updates(buf.iter().copied());
+        let json = self.json.then(|| bulk::updates(buf.iter().copied())).flatten();
         let mut rest = &buf[..];
         while !rest.is_empty() {
             let (chunk, tail) = match json {
@@ -738,7 +747,8 @@ impl<'c, 'j> TxCtx<'c, 'j> {
 
     async fn flush_audit(&mut self) -> Result<(), StoreError> {
         if self.audit_flushed < self.records.len() {
-            if let Some(json) = bulk::audit(&self.records[self.audit_flushed..], &self.day) {
+            if let Some(json) = self.json.then(|| bulk::audit(&self.records[self.audit_flushed..], &self.day)).flatten()
+            {
                 sqlx::query(bulk::INSERT_AUDIT_JSON)
                     .bind(json)
                     .execute(&mut *self.conn)
@@ -786,7 +796,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Some(json) = bulk::outbox(buf.iter().copied()) {
+        if let Some(json) = self.json.then(|| bulk::outbox(buf.iter().copied())).flatten() {
             if let Err(e) = sqlx::query(bulk::INSERT_OUTBOX_JSON).bind(json).execute(&mut *self.conn).await {
                 let single = outbox_error(&e, buf[0]);
                 return Err(self.buffered_err(e, "enqueueing webhook messages", single));

@@ -88,6 +88,8 @@ pub(super) struct Writer {
     pub rng: StdRng,
     pub counters: Arc<Counters>,
     pub max_drain: usize,
+    /// Bulk rows as JSON (see `StoreOptions::bulk_json`).
+    pub bulk_json: bool,
 }
 
 /// How a pass over the batches ended.
@@ -206,6 +208,7 @@ impl Writer {
         savepoints: bool,
     ) -> Result<Pass, StoreError> {
         let mut ctx = TxCtx::new(&mut self.conn, &mut self.chain, &mut self.rng, at, now, !savepoints);
+        ctx.json = self.bulk_json;
         // Per batch: its records' count and the operations' row counts, or its error.
         let mut outcomes: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::with_capacity(jobs.len());
         for (batch, _) in jobs {

@@ -754,9 +754,19 @@ async fn throughput() {
 /// byte, and the chain sealed over them must verify, whichever path each group took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_texts_read_back_exactly_from_bulk_writes() {
+    awkward_texts(true).await;
+}
+
+/// The same with the store writing rows as multi-row `VALUES` statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_texts_read_back_exactly_from_values_writes() {
+    awkward_texts(false).await;
+}
+
+async fn awkward_texts(bulk_json: bool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = open(dir.path(), &clock).await;
+    let store = Store::open(&dir.path().join("store.db"), StoreOptions { bulk_json, ..opts(&clock) }).await.unwrap();
     let texts = ["plain", "quote \" back\\slash", "tab\tline\nfeed\u{1}", "é 😀 \u{7f}", "nul\0inside"];
     let mut rows = Vec::new();
     // First groups without a NUL (all JSON), then groups with one (bound where needed).
