@@ -123,6 +123,11 @@ pub(super) const UPDATE_INJECTIONS_JSON: &str = concat!(
      RETURNING injections.id, injections.conversation_id, injections.prompt_id"
 );
 
+/// The end of a transaction whose rows are written: the chain head (only when the last
+/// parameter is true) and COMMIT, in one hand-off.
+pub(super) const FINISH_HEAD: &str =
+    "UPDATE audit_head SET last_seq = ?, last_hash = ?, last_at = ? WHERE id = 1 AND ?; COMMIT";
+
 /// The end of every transaction in one hand-off: the buffered rows (foreign-key order), the
 /// chain head (only when the last parameter is true: records were appended), then COMMIT.
 pub(super) fn finish_sql() -> &'static str {

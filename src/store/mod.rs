@@ -166,10 +166,11 @@ pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     /// Seeds the random part of audit ids (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
-    /// Hand SQLite the rows of a group commit as one JSON parameter per table (the default);
-    /// `false` uses multi-row `VALUES` statements, one per power-of-two chunk: the earlier
-    /// form, still the fallback for texts with a NUL, kept selectable so benchmarks can
-    /// compare the two in one run.
+    /// Hand SQLite the rows of a group commit as one JSON parameter per table (one statement
+    /// and one thread hand-off per table) instead of multi-row `VALUES` statements (one per
+    /// power-of-two chunk; the default). Measured side by side (BENCHMARKS.md, 2026-11-24
+    /// 02:12), SQLite's JSON unpacking cost more CPU than the hand-offs it saved on the
+    /// 2-core machine, so it is off; kept selectable for machines where hand-offs dominate.
     pub bulk_json: bool,
 }
 
@@ -182,7 +183,7 @@ impl Default for StoreOptions {
             queue_capacity: 8192,
             clock: Arc::new(SystemClock),
             rng_seed: None,
-            bulk_json: true,
+            bulk_json: false,
         }
     }
 }

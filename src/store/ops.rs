@@ -557,26 +557,17 @@ impl<'c, 'j> TxCtx<'c, 'j> {
                 bulk::engagements(self.engagements.iter().copied()),
             )
         };
-        let (injections, audit, outbox, engagements) = match json {
-            (Some(i), Some(a), Some(o), Some(e)) => (i, a, o, e),
+        let (seq, hash, at, appended) = head;
+        let q = match json {
+            (Some(i), Some(a), Some(o), Some(e)) => {
+                sqlx::query(bulk::finish_sql()).bind(i).bind(a).bind(o).bind(e).bind(seq).bind(hash).bind(at)
+            }
             _ => {
                 self.flush().await?;
-                let empty = || "[]".to_owned();
-                (empty(), empty(), empty(), empty())
+                sqlx::query(bulk::FINISH_HEAD).bind(seq).bind(hash).bind(at)
             }
         };
-        let (seq, hash, at, appended) = head;
-        let r = sqlx::query(bulk::finish_sql())
-            .bind(injections)
-            .bind(audit)
-            .bind(outbox)
-            .bind(engagements)
-            .bind(seq)
-            .bind(hash)
-            .bind(at)
-            .bind(appended)
-            .execute(&mut *self.conn)
-            .await;
+        let r = q.bind(appended).execute(&mut *self.conn).await;
         if let Err(e) = r {
             let single = StoreError::Invalid(format!("committing: {e}"));
             return Err(self.buffered_err(e, "committing", single));
