@@ -212,6 +212,48 @@ mod triggers {
         });
     }
 
+    /// The whole per-event path of the live runtime: one conversation with 1,000 keyword
+    /// rules armed (one phrase each), customer utterances through `on_event` (normalize,
+    /// automaton, evidence, rule checks, decisions).
+    #[divan::bench(name = "rule engine, 1,000 keyword rules armed (utterances/s)")]
+    fn engine(b: Bencher) {
+        use gc_assist::contract::TriggerCondition;
+        use gc_assist::triggers::events::{Channel, Utterance};
+        use gc_assist::triggers::{CompiledRules, ConversationEngine, Event, Rule, RulePrompt, RuleSet};
+        let rules: Vec<Rule> = phrases()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Rule::new(
+                    format!("r{i}"),
+                    RulePrompt::Catalogue(Uuid::nil()),
+                    vec![TriggerCondition::Keyword { phrase: p, threshold: None }],
+                )
+            })
+            .collect();
+        let compiled = CompiledRules::compile(&RuleSet { origin: "bench".into(), rules }, None).unwrap();
+        let events: Vec<Event> = UTTERANCES
+            .iter()
+            .map(|t| {
+                Event::Utterance(Utterance {
+                    is_final: true,
+                    channel: Channel::Customer,
+                    text: t.to_string(),
+                    confidence: Some(0.9),
+                    utterance_id: None,
+                })
+            })
+            .collect();
+        b.counter(divan::counter::ItemsCount::new(BATCH)).bench_local(|| {
+            let mut engine = ConversationEngine::new();
+            let mut decisions = engine.start(&compiled, Some("q"), None, 0).len();
+            for i in 0..BATCH {
+                decisions += engine.on_event(&compiled, &events[i % events.len()], i as i64 * 1000).len();
+            }
+            black_box(decisions)
+        });
+    }
+
     #[divan::bench(name = "keyword automaton, 1,000 phrases (utterances/s)")]
     fn automaton(b: Bencher) {
         let phrases = phrases();
@@ -224,6 +266,81 @@ mod triggers {
                 hits += index.matches(text).count();
             }
             black_box(hits)
+        });
+    }
+}
+
+/// Replay (`gc-assist replay`) over the recorded calls with examples/rules.yaml: evaluation
+/// of parsed calls, repeated to over a million utterances, beside the JSON parse of the
+/// same lines (the baseline) and parse + evaluate end to end.
+mod replay {
+    use super::*;
+    use gc_assist::triggers::replay::{evaluate, load_calls, parse_call, Call};
+    use gc_assist::triggers::{CompiledRules, RuleSet};
+
+    struct Fixture {
+        texts: Vec<(String, String)>,
+        calls: Vec<Call>,
+        utterances: usize,
+        rules: CompiledRules,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let shared = root.join("../shared/data/calls");
+            let dir = if shared.join("calls.json").is_file() { shared } else { root.join("examples/calls") };
+            let calls = load_calls(&dir, |_, _| {}).unwrap();
+            let texts = calls
+                .calls
+                .iter()
+                .map(|c| (c.name.clone(), std::fs::read_to_string(dir.join(&c.name)).unwrap()))
+                .collect();
+            let set = RuleSet::load(&root.join("examples/rules.yaml")).unwrap();
+            let rules = CompiledRules::compile(&set, None).unwrap();
+            Fixture { texts, utterances: calls.utterances() as usize, calls: calls.calls, rules }
+        })
+    }
+
+    /// How many passes over the calls make at least a million utterances.
+    fn repeats(f: &Fixture) -> usize {
+        1_000_000usize.div_ceil(f.utterances.max(1))
+    }
+
+    #[divan::bench(name = "baseline: serde_json parse of the recorded lines (utterances/s)", sample_count = 20)]
+    fn json_parse(b: Bencher) {
+        let f = fixture();
+        b.counter(divan::counter::ItemsCount::new(f.utterances)).bench(|| {
+            let mut n = 0usize;
+            for (_, text) in &f.texts {
+                for line in text.lines() {
+                    n += serde_json::from_str::<serde_json::Value>(line).map_or(0, |_| 1);
+                }
+            }
+            black_box(n)
+        });
+    }
+
+    #[divan::bench(name = "replay end to end: parse + evaluate (utterances/s)", sample_count = 20)]
+    fn end_to_end(b: Bencher) {
+        let f = fixture();
+        b.counter(divan::counter::ItemsCount::new(f.utterances)).bench(|| {
+            let calls: Vec<Call> = f.texts.iter().map(|(name, text)| parse_call(name, text).unwrap()).collect();
+            black_box(evaluate(&f.rules, &calls))
+        });
+    }
+
+    #[divan::bench(name = "replay evaluation, >= 1M utterances (utterances/s)", sample_count = 5, sample_size = 1)]
+    fn evaluation(b: Bencher) {
+        let f = fixture();
+        let r = repeats(f);
+        b.counter(divan::counter::ItemsCount::new(f.utterances * r)).bench(|| {
+            let mut n = 0;
+            for _ in 0..r {
+                n += evaluate(&f.rules, &f.calls);
+            }
+            black_box(n)
         });
     }
 }

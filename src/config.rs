@@ -59,6 +59,39 @@ pub struct Config {
     pub server: ServerConfig,
     pub webhook: WebhookConfig,
     pub audit: AuditConfig,
+    pub panel: PanelConfig,
+    pub triggers: TriggersConfig,
+}
+
+/// The agent's prompt panel (the Interaction Widget page) and its sign-in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanelConfig {
+    /// The Genesys OAuth client (Token Implicit Grant) the page signs agents in with; empty
+    /// turns sign-in off (the page says so).
+    pub oauth_client_id: String,
+    /// Lifetime of a panel session; the page renews it before it ends.
+    pub session_ttl_secs: u64,
+    /// How long a validated (agent token, conversation) pair is trusted without asking
+    /// Genesys again.
+    pub validation_cache_secs: u64,
+    /// Base URL of the login host the page sends agents to (`/oauth/authorize`); empty means
+    /// the login host of `genesys.region`. `serve --emulator` points it at the emulator.
+    pub login_base: String,
+}
+
+/// The live trigger runtime (`serve`): watched queues, rules file, recording, channels.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersConfig {
+    pub queues: Vec<String>,
+    pub rules_file: PathBuf,
+    pub rules_poll_ms: u64,
+    pub record_dir: PathBuf,
+    pub heartbeat_secs: u64,
+    pub rotate_after_secs: u64,
+    pub topics_per_channel: usize,
+    pub max_channels: usize,
 }
 
 /// Where the service keeps its durable state.
@@ -276,6 +309,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.server.max_body_bytes == 0 {
         return bad("server.max_body_bytes must be above 0");
     }
+    if c.panel.session_ttl_secs < 60 {
+        return bad("panel.session_ttl_secs must be at least 60 (the page renews a minute before the end)");
+    }
+    let login = c.panel.login_base.trim();
+    if !(login.is_empty() || login.starts_with("https://") || login.starts_with("http://")) {
+        return bad("panel.login_base must be an http(s) URL such as https://login.mypurecloud.ie, or empty");
+    }
     for k in &c.server.api_keys {
         if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ConfigError::Invalid {
@@ -312,6 +352,32 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     if c.emulator.requests_per_minute == 0 {
         return bad("emulator.requests_per_minute must be at least 1");
+    }
+    let t = &c.triggers;
+    if t.heartbeat_secs == 0 || t.rotate_after_secs == 0 || t.rules_poll_ms == 0 {
+        return bad("triggers.heartbeat_secs, triggers.rotate_after_secs and triggers.rules_poll_ms must be above 0");
+    }
+    if t.heartbeat_secs > 3600 {
+        return bad("triggers.heartbeat_secs must be at most 3600 (Genesys sends a heartbeat about every 30 s)");
+    }
+    if t.rotate_after_secs >= 24 * 3600 {
+        return bad("triggers.rotate_after_secs must be below 86400: Genesys channels expire after 24 hours");
+    }
+    if !(1..=1000).contains(&t.topics_per_channel) {
+        return bad("triggers.topics_per_channel must be 1-1000 (the Genesys limit is 1000)");
+    }
+    if !(2..=20).contains(&t.max_channels) {
+        return bad(
+            "triggers.max_channels must be 2-20 (Genesys allows 20 per OAuth client; one is kept for rotation)",
+        );
+    }
+    if let Some(q) =
+        t.queues.iter().find(|q| q.is_empty() || !q.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-'))
+    {
+        return Err(ConfigError::Invalid {
+            origin: "values".into(),
+            message: format!("triggers.queues: {q:?} is not a queue id (letters, digits and dashes)"),
+        });
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `gc-assist demo`: the tutorial's complete example, run for real against an embedded
-//! Genesys Cloud emulator, printing each step. Needs no Genesys org and no files.
+//! Genesys Cloud emulator, printing each step. Needs no Genesys org and no files. Ends by
+//! replaying recorded calls through the emulator's websocket, so the example rules fire
+//! from live transcripts.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,12 @@ use crate::injection::participant_data;
 pub const TUTORIAL_PAYLOAD: &str = include_str!("../../examples/injection.json");
 /// The example prompt catalogue.
 pub const EXAMPLE_CATALOGUE: &str = include_str!("../../examples/prompts.yaml");
+/// The example rules file (its prompts are in the example catalogue).
+pub const EXAMPLE_RULES: &str = include_str!("../../examples/rules.yaml");
+/// Recorded calls the demo replays through the emulator, by scenario.
+const REPLAYED: [&str; 3] = ["cancel_threat", "low_asr_confidence", "agent_only_keyword"];
+/// Replay speed: a few minutes of calls in a few seconds.
+const REPLAY_SPEED: f64 = 40.0;
 
 /// Who the audit trail names for the demo's injections.
 const ACTOR: &str = "demo";
@@ -193,6 +201,7 @@ async fn run_service_part(
     let dir = std::env::temp_dir().join(format!("gc-assist-demo-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("prompts.yaml"), EXAMPLE_CATALOGUE)?;
+    std::fs::write(dir.join("rules.yaml"), EXAMPLE_RULES)?;
     let secret = WebhookSecret::generate(&mut rand::rngs::OsRng);
     let receiver = Receiver::spawn(ReceiverConfig::new(vec![secret.clone()])).await?;
     let injector_key = Uuid::new_v4().simple().to_string();
@@ -213,6 +222,12 @@ async fn run_service_part(
     cfg.webhook.secret = SecretString::from(secret.to_whsec().expose_secret().to_string());
     cfg.webhook.allow_private = vec!["127.0.0.1/32".into()];
     cfg.webhook.schedule_secs = vec![1, 2, 5];
+    // Live triggers on every queue of the emulator's calls, with the example rules.
+    let mut queues: Vec<String> = emu.calls().into_iter().map(|c| c.queue_id).collect();
+    queues.sort();
+    queues.dedup();
+    cfg.triggers.queues = queues;
+    cfg.triggers.rules_file = dir.join("rules.yaml");
     let stack = super::serve::Stack::start(&cfg, Some(client), "127.0.0.1:0").await?;
     let api = format!("http://{}", stack.addr);
     say(format!("API at {api}; state in {}", dir.display()));
@@ -288,6 +303,8 @@ async fn run_service_part(
         anyhow::bail!("expected 2 verified webhooks, got {} ({} rejected)", got.len(), receiver.rejected().len());
     }
 
+    replay_part(s, emu, &stack, &api, &injector_key).await?;
+
     s.step("Stop the service and verify the audit chain");
     stack.stop().await?;
     let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
@@ -310,6 +327,81 @@ async fn run_service_part(
     std::fs::write(&own, text)?;
     say(format!("check it yourself: gc-assist --config {} audit verify", own.display()));
     receiver.shutdown().await;
+
+    s.step("Adoption of the prompts shown (issue 6)");
+    let store = crate::store::Store::open(&cfg.store.path, crate::store::StoreOptions::default()).await?;
+    let summary =
+        crate::adoption::demo_summary(&store, &dir.join("adoption.html"), chrono::Utc::now().timestamp_millis()).await;
+    store.close().await?;
+    for line in summary?.lines() {
+        say(line);
+    }
+    say(format!("more: gc-assist --config {} adoption --group-by prompt,agent --html report.html", own.display()));
+    Ok(())
+}
+
+/// Recorded calls replayed through the emulator's notification websocket: the live trigger
+/// runtime fires the example rules from their transcripts.
+async fn replay_part(
+    s: &mut Steps,
+    emu: &crate::emulator::Emulator,
+    stack: &super::serve::Stack,
+    api: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    use crate::emulator::{ReplaySpec, Speed};
+
+    s.step(&format!("Replay {} recorded calls at {REPLAY_SPEED}x: rules fire from live transcripts", REPLAYED.len()));
+    let calls: Vec<_> =
+        REPLAYED.iter().filter_map(|scenario| emu.calls().into_iter().find(|c| c.scenario == *scenario)).collect();
+    let first = calls.first().context("the embedded calls lack the demo's scenarios")?;
+    let mut stream = reqwest::Client::new()
+        .get(format!("{api}/v1/conversations/{}/stream", first.conversation_id))
+        .bearer_auth(key)
+        .send()
+        .await?
+        .error_for_status()?;
+    let started = Instant::now();
+    let spec = ReplaySpec {
+        conversation_ids: calls.iter().map(|c| c.conversation_id.clone()).collect(),
+        speed: Speed::Times(REPLAY_SPEED),
+        ..ReplaySpec::default()
+    };
+    emu.replay(spec).context("cannot start the replay")?;
+    for c in &calls {
+        say(format!("{} ({}, queue {})", c.conversation_id, c.scenario, c.queue_name));
+    }
+    let mut buf = String::new();
+    let shown = next_prompt_event(&mut stream, &mut buf).await?;
+    say(format!(
+        "  +{} ms  panel of the {} call: prompt \"{}\"",
+        started.elapsed().as_millis(),
+        first.scenario,
+        shown["title"].as_str().unwrap_or("?")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !emu.replays().iter().all(|r| r.done) {
+        if Instant::now() > deadline {
+            anyhow::bail!("the replay did not finish within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last events and fires land within a moment of the last line.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fires = stack.store.rule_fires(None, 1000).await?;
+    for c in &calls {
+        let Ok(id) = Uuid::parse_str(&c.conversation_id) else { continue };
+        // Rules that simply never fired ("expired") are recorded too; show the rest.
+        let mine: Vec<String> = fires
+            .iter()
+            .filter(|f| f.conversation_id == id && f.outcome != "expired")
+            .map(|f| format!("{} {}", f.rule_id, f.outcome))
+            .collect();
+        say(format!("{}: {}", c.scenario, if mine.is_empty() { "no rule fired".to_string() } else { mine.join(", ") }));
+    }
+    if !fires.iter().any(|f| f.outcome == "fired") {
+        anyhow::bail!("no rule fired during the replay");
+    }
     Ok(())
 }
 

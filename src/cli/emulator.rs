@@ -24,6 +24,14 @@ pub struct Args {
     /// Requests a minute each token may make before getting 429 [default: emulator.requests_per_minute].
     #[arg(long, value_name = "N")]
     pub rpm: Option<u32>,
+    /// Replay the loaded calls over the notification websockets at this speed (1 = real
+    /// time, 20 = twenty times faster, `max` = as fast as possible). Without it nothing is
+    /// replayed until POST /__emulator/replay.
+    #[arg(long, value_name = "N")]
+    pub speed: Option<String>,
+    /// With --speed: replay again and again (fresh conversation ids each round).
+    #[arg(long = "loop", requires = "speed")]
+    pub looped: bool,
 }
 
 pub async fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<Outcome> {
@@ -35,6 +43,10 @@ pub async fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<Outcome> {
     if rpm == 0 {
         anyhow::bail!("--rpm must be at least 1");
     }
+    let speed = match args.speed.as_deref() {
+        Some(text) => Some(emulator::Speed::parse(text).map_err(|e| anyhow::anyhow!("--speed: {e}"))?),
+        None => None,
+    };
     let calls = if calls_dir.as_os_str().is_empty() { CallSource::Embedded } else { CallSource::Dir(calls_dir) };
     let cfg = EmulatorConfig {
         client_id: settings.client_id.clone(),
@@ -89,7 +101,20 @@ pub async fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<Outcome> {
         emu.client_id(),
         emu.client_secret()
     );
-    println!("Admin (loopback only): {base}/__emulator/{{conversations,agent-tokens,faults,stats,calls}}");
+    println!("Admin (loopback only): {base}/__emulator/{{conversations,agent-tokens,faults,stats,calls,replay}}");
+    if let Some(speed) = speed {
+        let spec = emulator::ReplaySpec { speed, looped: args.looped, ..Default::default() };
+        let started = emu.replay(spec).context("cannot start the replay")?;
+        println!(
+            "Replaying {} calls at {} over the notification websockets{}.",
+            started.conversation_ids.len(),
+            match speed {
+                emulator::Speed::Max => "full speed".to_string(),
+                emulator::Speed::Times(x) => format!("{x}x real time"),
+            },
+            if args.looped { ", looping" } else { "" }
+        );
+    }
     println!("Press Ctrl-C to stop.");
     super::shutdown_signal().await;
     eprintln!("stopping the emulator");

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 
+pub mod adoption;
 pub mod audit;
 pub mod config_cmd;
 pub mod demo;
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod outbox;
 pub mod prompts;
 pub mod regions;
+pub mod replay;
 pub mod schema;
 pub mod serve;
 pub mod validate;
@@ -69,6 +71,10 @@ pub enum Command {
     /// Create API keys and their hashes for the configuration.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Backtest a rules file over recorded calls (fires, timing, precision and recall).
+    Replay(replay::Args),
+    /// Adoption of the prompts (shown, clicked, dismissed, …) beside Agent Copilot's figures.
+    Adoption(adoption::Args),
 }
 
 impl Command {
@@ -142,6 +148,8 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<Outcome> {
         Command::Audit(c) => audit::run(c, &ctx).await,
         Command::Outbox(c) => outbox::run(c, &ctx).await,
         Command::Keys(c) => keys::run(c, &ctx).await,
+        Command::Replay(a) => replay::run(a),
+        Command::Adoption(a) => adoption::run(a, &ctx).await,
     }
 }
 

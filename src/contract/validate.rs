@@ -366,7 +366,7 @@ impl Walker {
         })
     }
 
-    fn conditions(&mut self, path: &str, v: &Value) -> Option<Vec<TriggerCondition>> {
+    pub(crate) fn conditions(&mut self, path: &str, v: &Value) -> Option<Vec<TriggerCondition>> {
         let Value::Array(items) = v else {
             self.type_error(path, "an array of conditions", v);
             return None;
@@ -475,7 +475,7 @@ impl Walker {
         }
     }
 
-    fn display(&mut self, path: &str, v: &Value) -> Option<DisplaySettings> {
+    pub(crate) fn display(&mut self, path: &str, v: &Value) -> Option<DisplaySettings> {
         let obj = self.object(path, v)?;
         self.unknown_fields(path, obj, DISPLAY_FIELDS, &[]);
         let delay = self

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::auth::Principal;
 use super::error::ApiError;
 use super::faults::{self, FaultSpec, Faults};
+use super::replay::{self, ReplayRequest};
 use super::state::{lock, State};
 use super::{conversations, NewConversation};
 
@@ -28,6 +29,7 @@ pub fn routes() -> Router<Arc<State>> {
         .route("/__emulator/faults", post(set_faults).get(get_faults))
         .route("/__emulator/stats", get(stats))
         .route("/__emulator/calls", get(calls))
+        .route("/__emulator/replay", post(start_replay).get(replay_status).delete(stop_replays))
 }
 
 /// Parse an optional JSON body (an empty body means "all defaults").
@@ -95,4 +97,25 @@ async fn stats(AxState(state): AxState<Arc<State>>) -> Json<Value> {
 async fn calls(AxState(state): AxState<Arc<State>>) -> Json<Value> {
     let infos = lock(&state.conversations).infos();
     Json(serde_json::to_value(infos).unwrap_or(Value::Null))
+}
+
+/// `POST /__emulator/replay {callsDir?, conversationIds?, speed?, loop?, copies?}`.
+async fn start_replay(AxState(state): AxState<Arc<State>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ReplayRequest = optional_json(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} Example: {{\"speed\": 20, \"conversationIds\": [\"...\"], \"loop\": false, \"copies\": 1}}",
+            e.message
+        ))
+    })?;
+    let spec = req.into_spec().map_err(ApiError::bad_request)?;
+    let started = replay::start(&state, spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(serde_json::to_value(started).unwrap_or(Value::Null)))
+}
+
+async fn replay_status(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    Json(json!({"replays": replay::status(&state)}))
+}
+
+async fn stop_replays(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    Json(json!({"stopped": replay::stop_all(&state)}))
 }

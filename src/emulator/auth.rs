@@ -1,6 +1,7 @@
 //! OAuth on the emulator: the client-credentials token endpoint (genesys-api.md §2.1),
 //! the token store behind bearer checks, `GET/HEAD/DELETE /api/v2/tokens/me` (§2.2) and
-//! `GET /api/v2/users/me` (§2.3).
+//! `GET /api/v2/users/me` (§2.3), and the implicit grant's `GET /oauth/authorize` (§9) for
+//! the agent panel's sign-in.
 //!
 //! Tokens are opaque random strings, as in Genesys. A token is either a client's
 //! (client credentials) or a user's (what an agent's widget would get through the implicit
@@ -184,6 +185,92 @@ pub async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body
     let access_token = lock(&state.tokens).issue(Principal::Client(id), ttl, Instant::now());
     let mut resp = Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": ttl.as_secs()}))
         .into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /oauth/authorize?response_type=token&client_id=..&redirect_uri=..&state=..`: the
+/// implicit grant, as the agent panel uses it. Without `login_as` it answers a sign-in page
+/// listing the emulator's agents (one link each, `data-user-id` set), standing in for the
+/// Genesys login page; with `login_as=<user id>` (what those links add) it redirects to
+/// `redirect_uri#access_token=..&token_type=bearer&expires_in=..&state=..` with a user token
+/// for that user. Any client id is accepted (the emulator has no OAuth client registry);
+/// the redirect URI must be an http(s) URL without a fragment.
+pub async fn authorize(
+    AxState(state): AxState<Arc<State>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let raw = query.unwrap_or_default();
+    let q: HashMap<String, String> = url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+    let bad = |msg: &str| (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response();
+    let Some(redirect) = q.get("redirect_uri").and_then(|r| url::Url::parse(r).ok()) else {
+        return bad("redirect_uri is required and must be an absolute URL");
+    };
+    if !matches!(redirect.scheme(), "http" | "https") || redirect.fragment().is_some() {
+        return bad("redirect_uri must be an http(s) URL without a fragment");
+    }
+    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+    if q.get("response_type").map(String::as_str) != Some("token") {
+        fragment.append_pair("error", "unsupported_response_type");
+        fragment.append_pair(
+            "error_description",
+            "this authorize endpoint serves the implicit grant (response_type=token)",
+        );
+    } else if q.get("client_id").is_none_or(|c| c.trim().is_empty()) {
+        fragment.append_pair("error", "invalid_request");
+        fragment.append_pair("error_description", "client_id is required");
+    } else if let Some(user) = q.get("login_as") {
+        if uuid::Uuid::parse_str(user).is_err() {
+            return bad("login_as must be a user id (UUID)");
+        }
+        let ttl = state.token_ttl;
+        let token = lock(&state.tokens).issue(Principal::User(user.clone()), ttl, Instant::now());
+        fragment.append_pair("access_token", &token);
+        fragment.append_pair("token_type", "bearer");
+        fragment.append_pair("expires_in", &ttl.as_secs().to_string());
+    } else {
+        return sign_in_page(&state, &raw);
+    }
+    if let Some(st) = q.get("state") {
+        fragment.append_pair("state", st);
+    }
+    let mut to = redirect;
+    to.set_fragment(Some(&fragment.finish()));
+    let mut resp = StatusCode::FOUND.into_response();
+    if let Ok(v) = header::HeaderValue::from_str(to.as_str()) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// The emulator's stand-in for the Genesys login page: pick the agent to sign in as.
+fn sign_in_page(state: &State, raw_query: &str) -> Response {
+    let mut seen = std::collections::HashSet::new();
+    let mut items = String::new();
+    for info in lock(&state.conversations).infos() {
+        if !seen.insert(info.agent_user_id.clone()) {
+            continue;
+        }
+        let mut q = url::form_urlencoded::Serializer::new(raw_query.to_string());
+        q.append_pair("login_as", &info.agent_user_id);
+        items.push_str(&format!(
+            "<li><a data-user-id=\"{id}\" href=\"/oauth/authorize?{q}\">{name}</a> <small>{id}</small></li>\n",
+            id = html_escape(&info.agent_user_id),
+            q = html_escape(&q.finish()),
+            name = html_escape(&info.agent_name),
+        ));
+    }
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in (Genesys Cloud emulator)</title></head>\
+         <body><h1>Sign in as an agent</h1><p>The Genesys Cloud emulator stands in for the login page: choose the agent.</p>\
+         <ul>{items}</ul></body></html>"
+    );
+    let mut resp = axum::response::Html(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     resp
 }

@@ -99,8 +99,6 @@ impl Catalog {
 }
 
 /// One line of a recorded call, ready to deliver.
-// Kept whole for replaying calls over the websockets (the next step of the emulator).
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct RecordedLine {
     pub at: DateTime<Utc>,
@@ -110,7 +108,6 @@ pub struct RecordedLine {
 }
 
 /// One recorded call.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct RecordedCall {
     pub info: CallInfo,

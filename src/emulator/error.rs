@@ -25,6 +25,8 @@ pub enum EmulatorError {
     CallsParse { path: PathBuf, line: usize, message: String },
     #[error("recorded calls file {path}: {message}")]
     CallsInvalid { path: PathBuf, message: String },
+    #[error("cannot replay: {message}")]
+    Replay { message: String },
 }
 
 /// A Genesys REST error, rendered as `ErrorBody` by the gateway.

@@ -98,6 +98,24 @@ impl Faults {
         notifications::close_all_sockets(&self.state, after);
     }
 
+    /// Silence every notification websocket (no events, heartbeats or pongs) while keeping
+    /// the connection open, like a half-open TCP connection. Returns how many.
+    pub fn mute_sockets(&self) -> usize {
+        notifications::mute_all_sockets(&self.state)
+    }
+
+    /// Expire every notification channel now (as at the end of its lifetime): sockets are
+    /// closed, and the channel answers 404 from then on. Returns how many channels went.
+    pub fn expire_channels(&self) -> usize {
+        notifications::expire_all_channels(&self.state)
+    }
+
+    /// The next `lines` replayed lines (across running replays) are sent at once instead of
+    /// at their recorded times.
+    pub fn burst(&self, lines: u32) {
+        super::replay::burst(&self.state, lines);
+    }
+
     /// Disarm every fault (revoked tokens stay revoked: they are state, not a mode).
     pub fn clear(&self) {
         *lock(&self.state.faults) = FaultState::default();
@@ -187,6 +205,11 @@ pub struct FaultSpec {
     #[serde(default)]
     pub drop_sockets: bool,
     pub close_sockets: Option<CloseSockets>,
+    #[serde(default)]
+    pub expire_channels: bool,
+    #[serde(default)]
+    pub mute_sockets: bool,
+    pub burst: Option<Burst>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +243,12 @@ pub struct Latency {
 pub struct Deny {
     pub path_contains: String,
     pub permission: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Burst {
+    pub lines: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,6 +301,15 @@ impl FaultSpec {
         }
         if let Some(c) = &self.close_sockets {
             faults.close_sockets(Duration::from_millis(c.after_ms));
+        }
+        if self.expire_channels {
+            faults.expire_channels();
+        }
+        if self.mute_sockets {
+            faults.mute_sockets();
+        }
+        if let Some(b) = &self.burst {
+            faults.burst(b.lines);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! A local Genesys Cloud that speaks the real wire format (genesys-api.md), with
 //! scriptable faults: what the demo, the tests and the benchmarks run against.
 //!
-//! One port serves both hosts' paths, like an SDK "gateway" host: `/oauth/token` (login
-//! host) and `/api/v2/...` (API host), plus the notification websockets at
+//! One port serves both hosts' paths, like an SDK "gateway" host: `/oauth/token` and
+//! `/oauth/authorize` (login host; the latter is the agent panel's implicit grant, see
+//! `auth::authorize` for how a test or the demo picks the agent) and `/api/v2/...` (API host), plus the notification websockets at
 //! `/channels/{id}` and admin endpoints at `/__emulator/...`.
 //!
 //! # Layout
@@ -12,6 +13,10 @@
 //! - `conversations`: conversation state, REST `Conversation`, attribute PATCH.
 //! - `notifications`: channels, subscriptions, websocket, topic delivery.
 //! - `analytics`: Agent Copilot aggregates query and async jobs.
+//! - `replay`: recorded calls streamed over the websockets, paced or as fast as possible.
+//!   A channel whose socket dropped keeps its events for `RECONNECT_GRACE` (10 s) and
+//!   delivers them on the next connection: an emulator decision (Genesys documents no
+//!   buffering) that models a fast reconnect; see `notifications::publish_raw`.
 //! - `faults`, `ratelimit`, `calls` (recorded-call loader), `admin`, `error`, `state`.
 
 mod admin;
@@ -24,6 +29,7 @@ mod faults;
 mod gateway;
 mod notifications;
 mod ratelimit;
+mod replay;
 mod state;
 
 use std::collections::BTreeMap;
@@ -43,7 +49,8 @@ use tokio::task::JoinHandle;
 pub use error::EmulatorError;
 pub use faults::{FaultSpec, Faults};
 pub use gateway::{CORRELATION_HEADER, MAX_BODY_BYTES};
-pub use notifications::{MAX_CHANNELS, MAX_TOPICS};
+pub use notifications::{MAX_CHANNELS, MAX_TOPICS, RECONNECT_GRACE};
+pub use replay::{ReplayRequest, ReplaySpec, ReplayStarted, ReplayStatus, Speed};
 pub use state::Stats;
 
 use auth::Principal;
@@ -147,6 +154,7 @@ fn router(state: Arc<State>) -> Router {
     use notifications as nt;
     Router::new()
         .route("/oauth/token", post(auth::token))
+        .route("/oauth/authorize", get(auth::authorize))
         .route("/api/v2/tokens/me", get(auth::tokens_me).delete(auth::delete_token))
         .route("/api/v2/users/me", get(auth::users_me))
         .route("/api/v2/conversations/{conversationId}", get(conversations::get_conversation))
@@ -286,6 +294,21 @@ impl Emulator {
     /// Deliver a topic event to every subscribed websocket; returns how many got it.
     pub fn publish(&self, topic: &str, event_body: &serde_json::Value) -> usize {
         notifications::publish(&self.state, topic, event_body)
+    }
+
+    /// Start replaying recorded calls over the websockets (see the `replay` module docs).
+    pub fn replay(&self, spec: ReplaySpec) -> Result<ReplayStarted, EmulatorError> {
+        replay::start(&self.state, spec)
+    }
+
+    /// Progress of the replays started so far.
+    pub fn replays(&self) -> Vec<ReplayStatus> {
+        replay::status(&self.state)
+    }
+
+    /// Stop every running replay; returns how many were running.
+    pub fn stop_replays(&self) -> usize {
+        replay::stop_all(&self.state)
     }
 
     pub fn faults(&self) -> Faults {

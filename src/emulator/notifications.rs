@@ -33,6 +33,11 @@ pub const MAX_CHANNELS: usize = 20;
 pub const MAX_TOPICS: usize = 1000;
 /// A channel lives this long after creation or its last (re)subscription.
 pub const CHANNEL_LIFETIME_HOURS: i64 = 24;
+/// How long a channel whose socket dropped keeps its events for a reconnect (an emulator
+/// choice, not a Genesys fact: see [`publish_raw`]).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+/// Events one disconnected channel holds during [`RECONNECT_GRACE`]; older ones are dropped first.
+pub const RECONNECT_BUFFER: usize = 10_000;
 
 /// What a socket task is told to do.
 #[derive(Debug)]
@@ -43,6 +48,9 @@ pub enum Outbound {
     Close(u16, &'static str),
     /// Stop without a closing handshake (a dropped connection).
     Drop,
+    /// Keep the connection open but send nothing more, not even heartbeats or pongs (a
+    /// half-open connection): the client must notice the silence.
+    Mute,
 }
 
 #[derive(Debug)]
@@ -61,6 +69,9 @@ struct Channel {
     last_used: Instant,
     topics: Vec<String>,
     socket: Option<Socket>,
+    /// When the last socket went away; while within [`RECONNECT_GRACE`], events queue in `pending`.
+    dropped_at: Option<Instant>,
+    pending: std::collections::VecDeque<String>,
 }
 
 /// Every channel and the topic index.
@@ -173,6 +184,8 @@ pub async fn create_channel(
         last_used: Instant::now(),
         topics: Vec::new(),
         socket: None,
+        dropped_at: None,
+        pending: std::collections::VecDeque::new(),
     };
     let body = channel_json(&ch, &headers, &uri);
     n.channels.insert(ch.id.clone(), ch);
@@ -363,20 +376,52 @@ pub fn publish(state: &State, topic: &str, event_body: &Value) -> usize {
 }
 
 /// Deliver an already-encoded notification (e.g. a recorded line) on `topic`.
+///
+/// Real Genesys does not buffer for a channel without a socket. The emulator keeps a
+/// channel's events for [`RECONNECT_GRACE`] after its socket *dropped* (never for a channel
+/// that was never connected) and writes them first on the next connection to the same
+/// channel: that models the short gap a fast reconnect has in practice, so a client that
+/// reconnects within the grace period loses nothing. A channel that expired or was
+/// evicted keeps nothing. Returns how many sockets (or grace queues) took the event.
 pub fn publish_raw(state: &State, topic: &str, message: &str) -> usize {
     let delivered = {
-        let n = lock(&state.notifications);
+        let mut guard = lock(&state.notifications);
+        let n = &mut *guard;
         let Some(ids) = n.by_topic.get(topic) else { return 0 };
-        ids.iter()
-            .filter_map(|id| n.channels.get(id))
-            .filter_map(|c| c.socket.as_ref())
-            .filter(|s| s.tx.send(Outbound::Text(message.to_string())).is_ok())
-            .count()
+        let mut count = 0usize;
+        for id in ids {
+            let Some(c) = n.channels.get_mut(id) else { continue };
+            if let Some(s) = &c.socket {
+                if s.tx.send(Outbound::Text(message.to_string())).is_ok() {
+                    count += 1;
+                }
+            } else if c.dropped_at.is_some_and(|t| t.elapsed() < RECONNECT_GRACE) {
+                if c.pending.len() >= RECONNECT_BUFFER {
+                    c.pending.pop_front();
+                }
+                c.pending.push_back(message.to_string());
+                count += 1;
+            }
+        }
+        count
     };
     if delivered > 0 {
         state.count(|s| s.notifications_delivered += delivered as u64);
     }
     delivered
+}
+
+/// Remove every channel now, as if each reached the end of its lifetime: sockets get a
+/// close frame, `HEAD`/subscriptions/connect answer 404. Returns how many went.
+pub fn expire_all_channels(state: &State) -> usize {
+    let mut n = lock(&state.notifications);
+    let ids: Vec<String> = n.channels.keys().cloned().collect();
+    for id in &ids {
+        if let Some(Channel { socket: Some(s), .. }) = n.remove_channel(id) {
+            let _ = s.tx.send(Outbound::Close(1000, "channel expired"));
+        }
+    }
+    ids.len()
 }
 
 /// Close every socket abruptly.
@@ -385,8 +430,25 @@ pub fn drop_all_sockets(state: &State) {
     for ch in n.channels.values_mut() {
         if let Some(s) = ch.socket.take() {
             let _ = s.tx.send(Outbound::Drop);
+            ch.dropped_at = Some(Instant::now());
         }
     }
+}
+
+/// Make every socket silent while its TCP connection stays open (see [`Outbound::Mute`]).
+/// The channel counts as disconnected from now on, so its events go to the reconnect
+/// grace queue like after a drop.
+pub fn mute_all_sockets(state: &State) -> usize {
+    let mut n = lock(&state.notifications);
+    let mut muted = 0;
+    for ch in n.channels.values_mut() {
+        if let Some(s) = ch.socket.take() {
+            let _ = s.tx.send(Outbound::Mute);
+            ch.dropped_at = Some(Instant::now());
+            muted += 1;
+        }
+    }
+    muted
 }
 
 /// Warn every socket with `v2.system.socket_closing`, then close it `after` later.
@@ -456,6 +518,13 @@ async fn run_socket(state: Arc<State>, channel_id: String, mut socket: WebSocket
         let sid = n.next_socket;
         n.channels.get_mut(&channel_id).map(|ch| {
             ch.last_used = Instant::now();
+            // Events kept since the last socket dropped go first, in order (see publish_raw).
+            if ch.dropped_at.take().is_some_and(|t| t.elapsed() < RECONNECT_GRACE) {
+                for text in ch.pending.drain(..) {
+                    let _ = tx.send(Outbound::Text(text));
+                }
+            }
+            ch.pending.clear();
             // A new connection replaces the previous one on the same channel.
             if let Some(old) = ch.socket.replace(Socket { id: sid, tx }) {
                 let _ = old.tx.send(Outbound::Close(1000, "another connection opened on this channel"));
@@ -484,6 +553,19 @@ async fn run_socket(state: Arc<State>, channel_id: String, mut socket: WebSocket
                     break;
                 }
                 Some(Outbound::Drop) | None => break,
+                Some(Outbound::Mute) => {
+                    // Read and discard until the client gives up on us (or we stop).
+                    loop {
+                        tokio::select! {
+                            incoming = socket.recv() => match incoming {
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => {}
+                            },
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                    break;
+                }
             },
             _ = heartbeat.tick() => {
                 if socket.send(Message::Text(HEARTBEAT.into())).await.is_err() { break; }
@@ -508,6 +590,7 @@ async fn run_socket(state: Arc<State>, channel_id: String, mut socket: WebSocket
         if let Some(ch) = n.channels.get_mut(&channel_id) {
             if ch.socket.as_ref().is_some_and(|s| s.id == socket_id) {
                 ch.socket = None;
+                ch.dropped_at = Some(Instant::now());
             }
         }
     }

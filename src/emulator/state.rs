@@ -18,6 +18,7 @@ use super::conversations::Conversations;
 use super::faults::FaultState;
 use super::notifications::Notifications;
 use super::ratelimit::Gcra;
+use super::replay::{Burst, Replays};
 use super::EmulatorConfig;
 
 /// Lock a mutex, recovering the data if another thread panicked while holding it.
@@ -61,6 +62,9 @@ pub(crate) struct State {
     pub jobs: Mutex<Jobs>,
     pub faults: Mutex<FaultState>,
     pub stats: Mutex<Stats>,
+    /// Replays of recorded calls, and the armed burst fault.
+    pub replays: Mutex<Replays>,
+    pub burst: Burst,
     /// Flips to `true` when the server stops, so websocket tasks end with it.
     pub shutdown: watch::Sender<bool>,
 }
@@ -82,6 +86,8 @@ impl State {
             jobs: Mutex::new(Jobs::default()),
             faults: Mutex::new(FaultState::default()),
             stats: Mutex::new(Stats::default()),
+            replays: Mutex::new(Replays::default()),
+            burst: Burst::default(),
             shutdown,
         }
     }

@@ -5,6 +5,7 @@
 //! - [`retry`]: the retry policy as a pure, table-tested decision.
 //! - [`pacing`]: GCRA pacing under the OAuth client's per-minute limit.
 //! - [`client`]: the one request path and the typed calls ([`GenesysClient`]).
+//! - [`notifications`]: channels, subscriptions and websockets, kept alive ([`Notifications`]).
 //! - [`models`]: wire models, tolerant of unknown fields and values.
 //! - [`error`]: the error type, [`GenesysError`].
 //! - [`stats`]: counters, [`ClientStats`].
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod models;
+pub mod notifications;
 pub mod pacing;
 pub mod region;
 pub mod retry;
@@ -26,6 +28,7 @@ pub use models::{
     CopilotAggregateResponse, CopilotAggregationQuery, CopilotAsyncAggregationQuery, CopilotAsyncResponse, ErrorBody,
     Participant, QueryFilter, QueryPredicate, TokenInfo, UserMe,
 };
+pub use notifications::{Envelope, NotificationSettings, Notifications, NotificationsError};
 pub use pacing::Pacer;
 pub use region::Hosts;
 pub use retry::{Decision, GiveUpReason, Outcome, RetryPolicy};

@@ -1,13 +1,21 @@
 //! The panel channel: an in-process event stream per conversation that the agent's prompt
 //! panel reads over SSE.
 //!
-//! Each conversation has its own monotonic event id and a small ring buffer of recent events,
-//! so a client that reconnects with `Last-Event-ID` gets exactly what it missed (as long as
-//! it is still in the ring). Ids restart at 1 when the process restarts; a client that
-//! presents an id newer than anything known gets the whole ring, which it applies in order.
+//! Each conversation has a small ring buffer of recent events, so a client that reconnects
+//! with `Last-Event-ID` gets exactly what it missed (as long as it is still in the ring).
+//!
+//! Event ids come from one hub-wide counter seeded from the clock (microseconds since the
+//! Unix epoch at start-up), so they increase within a conversation and stay unique across
+//! restarts: a browser presenting an id from before a restart is behind every new id and
+//! gets the whole new ring, never a skipped event. (A later run starts above every id an
+//! earlier run issued unless that run issued more than a million events per second of its
+//! life.) Ids stay below 2^53, so the page can hold them as JavaScript numbers. A client that
+//! presents an id newer than anything issued (a clock set back) also gets the whole ring; the
+//! page drops prompts it already shows by injection id, so a replay never duplicates.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -19,7 +27,7 @@ pub const RING: usize = 64;
 /// One event on a conversation's panel stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PanelEvent {
-    /// Monotonic per conversation, from 1.
+    /// Increasing per conversation and unique across restarts (see the module docs).
     pub id: u64,
     /// `prompt` (show it) or `remove` (take it off the screen).
     pub kind: &'static str,
@@ -27,21 +35,33 @@ pub struct PanelEvent {
 }
 
 struct ConvStream {
-    next_id: u64,
     ring: VecDeque<PanelEvent>,
     tx: broadcast::Sender<PanelEvent>,
 }
 
 impl ConvStream {
     fn new() -> ConvStream {
-        ConvStream { next_id: 1, ring: VecDeque::with_capacity(RING), tx: broadcast::channel(RING).0 }
+        ConvStream { ring: VecDeque::with_capacity(RING), tx: broadcast::channel(RING).0 }
     }
 }
 
+struct Streams {
+    /// The id the next event gets (hub-wide).
+    next_id: u64,
+    convs: HashMap<Uuid, ConvStream>,
+}
+
 /// Every conversation's panel stream. Clones share the streams.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PanelHub {
-    convs: Arc<Mutex<HashMap<Uuid, ConvStream>>>,
+    streams: Arc<Mutex<Streams>>,
+}
+
+impl Default for PanelHub {
+    fn default() -> PanelHub {
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+        PanelHub::with_first_id(u64::try_from(micros).unwrap_or(1))
+    }
 }
 
 impl std::fmt::Debug for PanelHub {
@@ -57,33 +77,45 @@ pub struct Subscription {
 }
 
 impl PanelHub {
+    /// A hub whose event ids start from the clock (see the module docs).
     pub fn new() -> PanelHub {
         PanelHub::default()
     }
 
+    /// A hub whose first event id is `first` (at least 1): tests pick ids to assert on.
+    pub fn with_first_id(first: u64) -> PanelHub {
+        PanelHub { streams: Arc::new(Mutex::new(Streams { next_id: first.max(1), convs: HashMap::new() })) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends an event to the conversation's stream and wakes its subscribers.
     pub fn publish(&self, conversation_id: Uuid, kind: &'static str, data: Value) -> u64 {
-        let mut convs = self.convs.lock().unwrap_or_else(|p| p.into_inner());
-        let s = convs.entry(conversation_id).or_insert_with(ConvStream::new);
-        let ev = PanelEvent { id: s.next_id, kind, data };
-        s.next_id += 1;
+        let mut streams = self.lock();
+        let id = streams.next_id;
+        streams.next_id += 1;
+        let s = streams.convs.entry(conversation_id).or_insert_with(ConvStream::new);
+        let ev = PanelEvent { id, kind, data };
         if s.ring.len() == RING {
             s.ring.pop_front();
         }
         s.ring.push_back(ev.clone());
         // No subscriber is not an error: the ring keeps the event for the next one.
         let _ = s.tx.send(ev);
-        s.next_id - 1
+        id
     }
 
     /// Subscribes to a conversation: the backlog is every ring event after `last_event_id`
     /// (all of them without one, or when the id is unknown). Backlog and feed are taken under
     /// one lock, so no event falls between them.
     pub fn subscribe(&self, conversation_id: Uuid, last_event_id: Option<u64>) -> Subscription {
-        let mut convs = self.convs.lock().unwrap_or_else(|p| p.into_inner());
-        let s = convs.entry(conversation_id).or_insert_with(ConvStream::new);
+        let mut streams = self.lock();
+        let next_id = streams.next_id;
+        let s = streams.convs.entry(conversation_id).or_insert_with(ConvStream::new);
         let after = match last_event_id {
-            Some(id) if id < s.next_id => id,
+            Some(id) if id < next_id => id,
             _ => 0,
         };
         let backlog = s.ring.iter().filter(|e| e.id > after).cloned().collect();
@@ -92,22 +124,24 @@ impl PanelHub {
 
     /// Drops a conversation's stream (it ended); its subscribers' feeds close.
     pub fn forget(&self, conversation_id: Uuid) {
-        self.convs.lock().unwrap_or_else(|p| p.into_inner()).remove(&conversation_id);
+        self.lock().convs.remove(&conversation_id);
     }
 
     /// Conversations with a stream (a gauge of memory held).
     pub fn len(&self) -> usize {
-        self.convs.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().convs.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The shown-prompt event (`prompt`).
+    /// The shown-prompt event (`prompt`). The display limits travel with it so the page can
+    /// apply the same rules on screen (CONTRACT §4; the service stays the authority).
     pub fn prompt_data(
         injection_id: Uuid,
         content: &crate::contract::PromptContent,
+        display: crate::contract::DisplaySettings,
         shown_at: &str,
         expires_at: &str,
     ) -> Value {
@@ -119,6 +153,8 @@ impl PanelHub {
             "priority": content.priority.as_str(),
             "shownAt": shown_at,
             "expiresAt": expires_at,
+            "maxConcurrentPrompts": display.max_concurrent_prompts,
+            "autoDismissMs": display.auto_dismiss_ms,
         })
     }
 }
@@ -129,7 +165,7 @@ mod tests {
 
     #[test]
     fn resume_after_last_event_id() {
-        let hub = PanelHub::new();
+        let hub = PanelHub::with_first_id(1);
         let c = Uuid::from_u128(1);
         for n in 0..5 {
             hub.publish(c, "prompt", json!({ "n": n }));
@@ -144,7 +180,7 @@ mod tests {
 
     #[test]
     fn ring_is_bounded_and_live_feed_follows_backlog() {
-        let hub = PanelHub::new();
+        let hub = PanelHub::with_first_id(1);
         let c = Uuid::from_u128(1);
         for n in 0..(RING as u64 + 10) {
             hub.publish(c, "prompt", json!({ "n": n }));
@@ -155,5 +191,25 @@ mod tests {
         hub.publish(c, "remove", json!({}));
         let ev = sub.live.try_recv().unwrap();
         assert_eq!((ev.id, ev.kind), (RING as u64 + 11, "remove"));
+    }
+
+    #[test]
+    fn ids_survive_a_restart() {
+        let c = Uuid::from_u128(1);
+        let before = PanelHub::new();
+        let old: Vec<u64> = (0..3).map(|n| before.publish(c, "prompt", json!({ "n": n }))).collect();
+        assert!(old.windows(2).all(|w| w[0] < w[1]));
+        assert!(old[2] < (1 << 53), "ids fit a JavaScript number");
+        // A new process: its ids are above the old ones, so the old Last-Event-ID replays
+        // every new event instead of skipping the first ones.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = PanelHub::new();
+        let first_new = after.publish(c, "prompt", json!({ "n": "new" }));
+        assert!(first_new > old[2]);
+        let sub = after.subscribe(c, Some(old[2]));
+        assert_eq!(sub.backlog.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first_new]);
+        // Ids are hub-wide, so two conversations never share one.
+        let other = after.publish(Uuid::from_u128(2), "prompt", json!({}));
+        assert_ne!(other, first_new);
     }
 }

@@ -40,6 +40,7 @@ use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, 
 use super::panel::PanelHub;
 use super::participant_data::{self, PromptAttribute};
 use crate::audit::AuditDraft;
+use crate::contract::payload::TriggerCondition;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
 use crate::genesys::GenesysClient;
 use crate::store::{
@@ -53,6 +54,7 @@ const TICK_CONCURRENCY: usize = 256;
 
 /// Webhook event types (CONTRACT §5).
 pub const EVENT_INJECTED: &str = "AGENT_ASSIST_PROMPT_INJECTED";
+pub const EVENT_VIEWED: &str = "AGENT_ASSIST_PROMPT_VIEWED";
 pub const EVENT_CLICKED: &str = "AGENT_ASSIST_PROMPT_CLICKED";
 pub const EVENT_DISMISSED: &str = "AGENT_ASSIST_PROMPT_DISMISSED";
 pub const EVENT_EXPIRED: &str = "AGENT_ASSIST_PROMPT_EXPIRED";
@@ -128,6 +130,20 @@ pub struct ServiceDeps {
     /// Participant attribute key prefix (config `inject.attribute_prefix`).
     pub attribute_prefix: String,
 }
+
+/// A change to the armed injections, for the live trigger runtime (`triggers::live`), which
+/// evaluates armed conditions against the conversation's events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArmedChange {
+    /// An injection with trigger conditions was accepted and waits for them.
+    Armed { id: Uuid, conversation_id: Uuid, conditions: Vec<TriggerCondition> },
+    /// An armed injection left that state (fired, cancelled, expired).
+    Disarmed { id: Uuid, conversation_id: Uuid },
+}
+
+/// Buffered armed changes per subscriber; a slower one sees `Lagged` and re-reads
+/// [`Service::armed_for`].
+const ARMED_CHANGES_BUFFER: usize = 4096;
 
 /// Who is asking, for audit and idempotency.
 #[derive(Debug, Clone)]
@@ -221,9 +237,19 @@ pub struct ServiceStats {
     /// State changes committed, by new status.
     pub transitions: Mutex<HashMap<&'static str, u64>>,
     pub channel_failures: AtomicU64,
+    /// Live triggers: the triggering notification received → the fired prompt admitted.
+    pub trigger_latency: Histogram,
+    /// Rule decisions of the live trigger runtime, by outcome (`fired`, `shadow`, ...).
+    pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl ServiceStats {
+    /// Counts one rule decision of the live trigger runtime.
+    pub fn count_rule_decision(&self, outcome: &'static str) {
+        let mut t = self.rule_decisions.lock().unwrap_or_else(|p| p.into_inner());
+        *t.entry(outcome).or_insert(0) += 1;
+    }
+
     fn count(&self, status: InjectionStatus) {
         let mut t = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         *t.entry(status.as_str()).or_insert(0) += 1;
@@ -287,6 +313,7 @@ struct Inner {
     in_flight: AtomicU64,
     /// The timer and channel worker, awaited by [`Service::drained`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    armed_changes: tokio::sync::broadcast::Sender<ArmedChange>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -374,6 +401,7 @@ impl Service {
                 stats: ServiceStats::default(),
                 in_flight: AtomicU64::new(0),
                 tasks: Mutex::new(Vec::new()),
+                armed_changes: tokio::sync::broadcast::channel(ARMED_CHANGES_BUFFER).0,
             }),
         };
         svc.recover().await?;
@@ -426,6 +454,24 @@ impl Service {
 
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Changes to the armed injections from now on (see [`ArmedChange`]).
+    pub fn armed_changes(&self) -> tokio::sync::broadcast::Receiver<ArmedChange> {
+        self.inner.armed_changes.subscribe()
+    }
+
+    /// The injections armed on a conversation now, with their conditions.
+    pub fn armed_for(&self, conversation_id: Uuid) -> Vec<(Uuid, Vec<TriggerCondition>)> {
+        let mut out: Vec<(Uuid, Vec<TriggerCondition>)> = self
+            .live()
+            .values()
+            .filter(|r| r.conversation_id == conversation_id && r.status == InjectionStatus::Armed)
+            .map(|r| (r.id, r.payload.trigger_conditions().to_vec()))
+            .collect();
+        // v7 ids: arming order.
+        out.sort_by_key(|(id, _)| *id);
+        out
     }
 
     /// Store writes this service is waiting on.
@@ -542,6 +588,35 @@ impl Service {
     /// after the injection, its audit records, its webhook messages and its idempotent
     /// answer are durable.
     pub async fn accept(&self, payload: ValidPayload, meta: AcceptMeta) -> Result<Accepted, ServiceError> {
+        self.accept_as(payload, meta, None).await
+    }
+
+    /// Accepts the prompt of a rule that fired (source `rule`, its `rule_id` recorded, the
+    /// rule's priority ordering the capacity queue). The payload carries no conditions: the
+    /// rule engine already decided.
+    pub async fn accept_rule(
+        &self,
+        payload: ValidPayload,
+        rule_id: &str,
+        priority: Priority,
+        received_at: Instant,
+    ) -> Result<Accepted, ServiceError> {
+        let meta = AcceptMeta {
+            source: Source::Rule,
+            api_key_id: None,
+            idempotency_key: None,
+            request_hash: String::new(),
+            received_at,
+        };
+        self.accept_as(payload, meta, Some((rule_id.to_string(), priority))).await
+    }
+
+    async fn accept_as(
+        &self,
+        payload: ValidPayload,
+        meta: AcceptMeta,
+        rule: Option<(String, Priority)>,
+    ) -> Result<Accepted, ServiceError> {
         if self.is_shutting_down() {
             return Err(ServiceError::ShuttingDown);
         }
@@ -553,7 +628,14 @@ impl Service {
         let queue_timeout = payload.queue_timeout_ms();
         let mut row = InjectionRow::new(id, InjectionStatus::Armed, payload, content, meta.source, now);
         row.api_key_id = meta.api_key_id.clone();
-        let actor = meta.api_key_id.clone().unwrap_or_else(|| meta.source.as_str().to_string());
+        let actor = match &rule {
+            Some((rule_id, _)) => format!("rule:{rule_id}"),
+            None => meta.api_key_id.clone().unwrap_or_else(|| meta.source.as_str().to_string()),
+        };
+        if let Some((rule_id, priority)) = rule {
+            row.rule_id = Some(rule_id);
+            row.priority = priority;
+        }
         let conv = row.conversation_id;
 
         let ledger = self.ledger_for(conv);
@@ -630,6 +712,13 @@ impl Service {
         }
         self.inner.stats.admit_latency.observe(meta.received_at.elapsed());
         self.inner.stats.count(row.status);
+        if row.status == InjectionStatus::Armed {
+            let _ = self.inner.armed_changes.send(ArmedChange::Armed {
+                id,
+                conversation_id: conv,
+                conditions: row.payload.trigger_conditions().to_vec(),
+            });
+        }
         self.live().insert(id, row);
         self.apply(&mut guard, effects, "system").await;
         self.schedule(conv, guard.next_deadline());
@@ -713,23 +802,41 @@ impl Service {
 impl Service {
     /// Writes one status change; on success updates the live map and returns the row as it
     /// now stands.
-    async fn commit_update(&self, mut row: InjectionRow, u: InjectionUpdate) -> Result<InjectionRow, StoreError> {
+    async fn commit_update(&self, row: InjectionRow, u: InjectionUpdate) -> Result<InjectionRow, StoreError> {
+        self.commit_update_by(row, u, None).await
+    }
+
+    /// [`Self::commit_update`], naming the agent whose action it is in the engagement row
+    /// (the row's own agent id, from the rule that created it, otherwise).
+    async fn commit_update_by(
+        &self,
+        mut row: InjectionRow,
+        u: InjectionUpdate,
+        agent_id: Option<&str>,
+    ) -> Result<InjectionRow, StoreError> {
         let id = row.id;
         let status = u.status;
         let (admitted_at, show_at, expires_at, queue_deadline, err) =
             (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
         let at = u.at;
+        let was_armed = row.status == InjectionStatus::Armed;
         let from = row.status;
         let mut ops = Vec::with_capacity(2);
         if let Some(kind) = engagement_for(from, status) {
             let mut e = EngagementRow::of(&row, kind, at);
             e.shown_at = show_at.or(row.show_at);
+            if let Some(a) = agent_id {
+                e.agent_id = Some(a.to_string());
+            }
             ops.push(WriteOp::Engagement(e));
         }
         ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
         if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
+        }
+        if was_armed && status != InjectionStatus::Armed {
+            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id, conversation_id: row.conversation_id });
         }
         self.inner.stats.count(status);
         row.status = status;
@@ -756,7 +863,7 @@ impl Service {
                 if ch.panel {
                     let shown = rfc3339(row.show_at.unwrap_or(row.updated_at));
                     let expires = rfc3339(row.expires_at.unwrap_or(row.updated_at));
-                    let data = PanelHub::prompt_data(row.id, &row.content, &shown, &expires);
+                    let data = PanelHub::prompt_data(row.id, &row.content, row.payload.display(), &shown, &expires);
                     self.inner.panel.publish(row.conversation_id, "prompt", data);
                 }
                 if let Some(tx) = &self.inner.pd_tx {
@@ -985,12 +1092,19 @@ impl Service {
         Ok(status)
     }
 
-    /// The agent dismissed or clicked a shown prompt: frees its slot.
-    pub async fn engage(&self, id: Uuid, kind: Engagement, actor: &str) -> Result<InjectionStatus, ServiceError> {
+    /// The agent dismissed or clicked a shown prompt: frees its slot. `agent_id` (the
+    /// signed-in agent's Genesys user id) goes into the engagement row.
+    pub async fn engage(
+        &self,
+        id: Uuid,
+        kind: Engagement,
+        actor: &str,
+        agent_id: Option<&str>,
+    ) -> Result<InjectionStatus, ServiceError> {
         let (ledger, row) = self.with_ledger(id).await?;
         let conv = row.conversation_id;
         let mut guard = ledger.lock().await;
-        let r = self.engage_locked(id, kind, actor, &mut guard).await;
+        let r = self.engage_locked(id, kind, actor, agent_id, &mut guard).await;
         self.release_ledger(conv, &ledger, guard);
         r
     }
@@ -1000,6 +1114,7 @@ impl Service {
         id: Uuid,
         kind: Engagement,
         actor: &str,
+        agent_id: Option<&str>,
         ledger: &mut Ledger,
     ) -> Result<InjectionStatus, ServiceError> {
         let now = self.now_ms();
@@ -1028,7 +1143,7 @@ impl Service {
         let mut u = InjectionUpdate::new(id, row.status, status, now, draft(&row, word, actor, None));
         let since = now.saturating_sub(row.show_at.unwrap_or(now)).max(0);
         u.outbox = self.outbox(&row, event, ms_u64(since), now);
-        let row = match self.commit_update(row, u).await {
+        let row = match self.commit_update_by(row, u, agent_id).await {
             Ok(row) => row,
             Err(e) => {
                 *ledger = snapshot;
@@ -1038,6 +1153,63 @@ impl Service {
         self.deliver(Delivery::Remove { row: Box::new(row), status: word });
         self.apply(ledger, effects, "system").await;
         Ok(status)
+    }
+
+    /// The agent's panel had the prompt visible on screen for at least a second: an audit
+    /// record, an engagement row and the `..._VIEWED` webhook, in one write. No status
+    /// changes and no slot is freed. Only a prompt that reached the screen can be viewed.
+    pub async fn record_viewed(&self, id: Uuid, actor: &str, agent_id: Option<&str>) -> Result<(), ServiceError> {
+        let row = self.shown_row(id, "record a view").await?;
+        let now = self.now_ms();
+        let since = now.saturating_sub(row.show_at.unwrap_or(now)).max(0);
+        let audit = draft(&row, "viewed", actor, None);
+        let outbox = self.outbox(&row, EVENT_VIEWED, ms_u64(since), now);
+        let mut e = EngagementRow::of(&row, EngagementKind::Viewed, now);
+        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        self.write(vec![WriteOp::RecordEvent { audit, outbox }, WriteOp::Engagement(e)]).await?;
+        Ok(())
+    }
+
+    /// The agent rated a prompt (thumbs up `+1`, down `-1`): an audit record and an
+    /// engagement row carrying the rating. No status change and no webhook (CONTRACT §5
+    /// names no feedback event).
+    pub async fn record_feedback(
+        &self,
+        id: Uuid,
+        rating: i8,
+        actor: &str,
+        agent_id: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let rating = rating.signum();
+        let row = self.shown_row(id, "rate").await?;
+        if rating == 0 {
+            return Err(ServiceError::WrongState {
+                id,
+                status: row.status,
+                action: "rate",
+                needs: "a rating of +1 or -1",
+            });
+        }
+        let now = self.now_ms();
+        let audit = draft(&row, "feedback", actor, Some(if rating > 0 { "helpful" } else { "not_helpful" }));
+        let mut e = EngagementRow::of(&row, EngagementKind::Feedback, now);
+        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        e.rating = Some(rating);
+        self.write(vec![WriteOp::RecordEvent { audit, outbox: Vec::new() }, WriteOp::Engagement(e)]).await?;
+        Ok(())
+    }
+
+    /// The row of an injection that has been on screen (shown now, or shown and since
+    /// clicked, dismissed, expired or withdrawn).
+    async fn shown_row(&self, id: Uuid, action: &'static str) -> Result<InjectionRow, ServiceError> {
+        let row = self.live_row(id).await?;
+        use InjectionStatus as S;
+        let was_shown = matches!(row.status, S::Delivered | S::Clicked | S::Dismissed | S::Expired | S::Withdrawn)
+            && row.show_at.is_some();
+        if !was_shown {
+            return Err(ServiceError::WrongState { id, status: row.status, action, needs: "shown on the panel" });
+        }
+        Ok(row)
     }
 
     /// The conversation ended: its armed prompts will never fire and are recorded expired.
@@ -1352,12 +1524,15 @@ mod tests {
         assert_eq!((a.status, b.status), (InjectionStatus::Scheduled, InjectionStatus::Queued));
         // Not shown yet: engaging is refused and changes nothing.
         assert!(matches!(
-            svc.engage(a.injection_id, Engagement::Dismissed, "agent").await,
+            svc.engage(a.injection_id, Engagement::Dismissed, "agent", None).await,
             Err(ServiceError::WrongState { .. })
         ));
         clock.advance(600);
         // engage brings the ledger up to date first: the prompt is shown, then dismissed.
-        assert_eq!(svc.engage(a.injection_id, Engagement::Clicked, "agent").await.unwrap(), InjectionStatus::Clicked);
+        assert_eq!(
+            svc.engage(a.injection_id, Engagement::Clicked, "agent", None).await.unwrap(),
+            InjectionStatus::Clicked
+        );
         assert_eq!(status(&store, b.injection_id).await, InjectionStatus::Scheduled);
         let tl: Vec<String> = store
             .get_injection(a.injection_id)

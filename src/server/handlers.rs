@@ -42,6 +42,7 @@ fn row_json(r: &InjectionRow) -> Value {
         "promptId": r.prompt_id,
         "priority": r.priority.as_str(),
         "source": r.source.as_str(),
+        "ruleId": r.rule_id,
         "prompt": r.content.to_json(),
         "createdAt": opt_time(Some(r.created_at)),
         "admittedAt": opt_time(r.admitted_at),

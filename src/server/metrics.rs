@@ -37,6 +37,25 @@ pub async fn render(State(st): State<AppState>) -> Response {
             let _ = writeln!(out, "gc_assist_injection_transitions_total{{status=\"{s}\"}} {n}");
         }
     }
+    {
+        let _ = writeln!(
+            out,
+            "# HELP gc_assist_rule_decisions_total Live trigger rule decisions, by outcome (shadow = would have fired).
+\
+             # TYPE gc_assist_rule_decisions_total counter"
+        );
+        let t = stats.rule_decisions.lock().unwrap_or_else(|p| p.into_inner());
+        for outcome in ["fired", "shadow", "suppressed_cooldown", "suppressed_cap", "expired"] {
+            let n = t.get(outcome).copied().unwrap_or(0);
+            let _ = writeln!(out, "gc_assist_rule_decisions_total{{outcome=\"{outcome}\"}} {n}");
+        }
+    }
+    histogram(
+        &mut out,
+        "gc_assist_trigger_latency_seconds",
+        "Live triggers: the triggering notification received to the fired prompt admitted.",
+        &stats.trigger_latency,
+    );
     let live = svc.live_counts();
     let _ = writeln!(out, "# HELP gc_assist_injections Live injections, by status.\n# TYPE gc_assist_injections gauge");
     for s in InjectionStatus::ALL.into_iter().filter(|s| s.is_live()) {

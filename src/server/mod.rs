@@ -16,7 +16,9 @@
 //! |---|---|---|
 //! | 400 | `invalid_json`, `invalid_encoding`, `invalid_idempotency_key` | not JSON, not UTF-8, a bad `Idempotency-Key` |
 //! | 401 | `unauthorized` | no, malformed or unknown `Authorization: Bearer` key |
-//! | 403 | `forbidden` | an injector key on an admin route (`.../fire`) |
+//! | 400 | `invalid_query` | a bad `from`, `to`, `tz` or `groupBy` on `/v1/adoption` |
+//! | 403 | `forbidden` | an injector key on an admin route (`.../fire`, `/v1/adoption`) |
+//! | 502 | `genesys_failed` | `/v1/adoption?copilot=true` and Genesys failed |
 //! | 404 | `not_found` | unknown or malformed id, unknown route |
 //! | 405 | `method_not_allowed` | a known route with another method |
 //! | 409 | `capacity` (+ `retryAfterMs`), `invalid_state`, `idempotency_conflict` | no slot and `onCapacity: reject`; cancelling/firing an injection in the wrong state |
@@ -29,6 +31,7 @@
 //! Idempotency: only 201 answers are stored and replayed (24 h, per API key); a refused
 //! request (409, 422) can simply be sent again.
 
+mod adoption;
 pub mod auth;
 pub mod error;
 mod handlers;
@@ -64,6 +67,8 @@ pub enum ServerError {
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<StateInner>,
+    /// The agent panel's sign-in and sessions (off unless [`AppState::with_panel`]).
+    panel: Arc<crate::panel::PanelAuth>,
 }
 
 struct StateInner {
@@ -87,14 +92,29 @@ impl AppState {
                 shutting_down: AtomicBool::new(false),
                 stop: watch::channel(false).0,
             }),
+            panel: Arc::new(crate::panel::PanelAuth::disabled()),
         })
+    }
+
+    /// Turns on the agent panel's sign-in with these settings.
+    pub fn with_panel(self, panel: crate::panel::PanelAuth) -> AppState {
+        AppState { panel: Arc::new(panel), ..self }
+    }
+
+    pub fn panel(&self) -> &crate::panel::PanelAuth {
+        &self.panel
+    }
+
+    /// Fires when the server starts draining: long-lived streams end on it.
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
     }
 
     pub fn service(&self) -> &Service {
         &self.inner.service
     }
 
-    fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -109,10 +129,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/prompt-injections/{id}/fire", post(h::fire))
         .route("/v1/conversations/{id}/prompts", get(h::conversation_prompts))
         .route("/v1/conversations/{id}/stream", get(h::stream))
+        .route("/v1/adoption", get(adoption::report_json))
+        .route("/v1/adoption/report", get(adoption::report_html))
+        .route("/adoption", get(adoption::dashboard))
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(h::openapi))
+        .merge(crate::panel::routes())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .with_state(state)

@@ -64,9 +64,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use model::{
     new_message_id, AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow,
     InjectionStatus, InjectionUpdate, InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord,
-    RecoverySet, Redrive, Source, IDEMPOTENCY_TTL_MS,
+    RecoverySet, Redrive, RuleFireRow, Source, IDEMPOTENCY_TTL_MS,
 };
 pub use ops::{BatchOutcome, WriteBatch, WriteOp};
+pub use read::{AdoptionCell, AdoptionDimension};
 pub use writer::WriterStats;
 
 /// The migrations under `migrations/sqlite`, compiled in.

@@ -493,3 +493,16 @@ pub struct DisabledEndpoint {
     pub disabled_at: i64,
     pub reason: String,
 }
+
+/// One rule decision of the live trigger runtime (table `rule_fires`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFireRow {
+    pub conversation_id: Uuid,
+    pub rule_id: String,
+    /// `fired`, `shadow`, `suppressed_cooldown`, `suppressed_cap` or `expired`.
+    pub outcome: String,
+    /// The injection a live fire created.
+    pub injection_id: Option<Uuid>,
+    /// Epoch ms.
+    pub at: i64,
+}

@@ -12,7 +12,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::bulk;
-use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow, Redrive};
+use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow, Redrive, RuleFireRow};
 use super::{db_err, StoreError, IDEMPOTENCY_TTL_MS};
 use crate::audit::{AuditDraft, AuditRecord, AuditTime, Chain, Checkpoint, Digest};
 use crate::contract::CatalogueEntry;
@@ -66,6 +66,8 @@ pub enum WriteOp {
     UpsertPrompts(Vec<CatalogueEntry>),
     /// Makes the catalogue exactly these entries.
     ReplacePrompts(Vec<CatalogueEntry>),
+    /// Records rule decisions of the live trigger runtime (shadow would-fires and others).
+    RecordRuleFires(Vec<RuleFireRow>),
 }
 
 /// The operations of one caller, applied atomically: all of them or none.
@@ -376,6 +378,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             WriteOp::PutCheckpoint(cp) => self.put_checkpoint(cp).await,
             WriteOp::PurgeDays { days, through_seq } => self.purge_days(days, *through_seq).await,
             WriteOp::UpsertPrompts(entries) => self.upsert_prompts(entries).await,
+            WriteOp::RecordRuleFires(rows) => self.record_rule_fires(rows).await,
             WriteOp::ReplacePrompts(entries) => {
                 sqlx::query("DELETE FROM prompts")
                     .execute(&mut *self.conn)
@@ -931,6 +934,26 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         };
         self.wrote |= affected > 0;
         Ok(affected)
+    }
+
+    async fn record_rule_fires(&mut self, rows: &[RuleFireRow]) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for r in rows {
+            let q = sqlx::query(
+                "INSERT INTO rule_fires (conversation_id, rule_id, outcome, injection_id, at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(r.conversation_id.hyphenated().to_string())
+            .bind(r.rule_id.as_str())
+            .bind(r.outcome.as_str())
+            .bind(r.injection_id.map(|u| u.hyphenated().to_string()))
+            .bind(r.at)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db_err("recording rule decisions"))?;
+            n += q.rows_affected();
+        }
+        self.wrote |= n > 0;
+        Ok(n)
     }
 
     async fn put_checkpoint(&mut self, cp: &Checkpoint) -> Result<u64, StoreError> {

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::model::{
     AuditHead, DisabledEndpoint, EngagementKind, EngagementRow, IdempotencyRow, InjectionRow, InjectionStatus,
-    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, Source, IDEMPOTENCY_TTL_MS,
+    InjectionWithTimeline, OutboxRow, OutboxState, OutboxStats, PurgeRecord, RecoverySet, RuleFireRow, Source,
+    IDEMPOTENCY_TTL_MS,
 };
 use super::ops::{digest, to_i64};
 use super::{db_err, StoreError};
@@ -281,6 +282,105 @@ impl super::Store {
         Ok(n)
     }
 
+    /// Adoption counted in SQL (one indexed range scan, one GROUP BY): for `from <= at < to`,
+    /// one cell per (key, day, kind, detail) with its row count. `day` is the day number at
+    /// UTC offset `offset_ms` (floor of `(at + offset) / 1 day`). `detail` is what order
+    /// statistics need: for `clicked`, the time to click in ms (absent without `shown_at` or
+    /// when negative); for `dismissed`, 1 if within `quick_ms` of being shown, else 0; for
+    /// `feedback`, the rating. The key is the `dimension` column (`prompt_id`, `rule_id`,
+    /// `queue_id`, `agent_id`) or none; a row lacking its queue or agent takes the largest
+    /// one of its injection's rows in the interval. `adoption::metrics` folds the same rules
+    /// and a test holds both paths equal.
+    pub async fn adoption_cells(
+        &self,
+        from: i64,
+        to: i64,
+        offset_ms: i64,
+        quick_ms: i64,
+        dimension: Option<AdoptionDimension>,
+    ) -> Result<Vec<AdoptionCell>, StoreError> {
+        use futures::TryStreamExt;
+        let (key, join) = match dimension {
+            None => ("NULL", ""),
+            Some(AdoptionDimension::Prompt) => ("e.prompt_id", ""),
+            Some(AdoptionDimension::Rule) => ("e.rule_id", ""),
+            Some(AdoptionDimension::Queue) => (
+                "COALESCE(e.queue_id, w.v)",
+                "LEFT JOIN (SELECT injection_id, max(queue_id) AS v FROM engagement_events \
+                 WHERE at >= ?1 AND at < ?2 AND queue_id IS NOT NULL GROUP BY injection_id) w \
+                 ON e.queue_id IS NULL AND w.injection_id = e.injection_id",
+            ),
+            Some(AdoptionDimension::Agent) => (
+                "COALESCE(e.agent_id, w.v)",
+                "LEFT JOIN (SELECT injection_id, max(agent_id) AS v FROM engagement_events \
+                 WHERE at >= ?1 AND at < ?2 AND agent_id IS NOT NULL GROUP BY injection_id) w \
+                 ON e.agent_id IS NULL AND w.injection_id = e.injection_id",
+            ),
+        };
+        let sql = format!(
+            "SELECT {key} AS k, ((e.at + ?3) - (((e.at + ?3) % 86400000) + 86400000) % 86400000) / 86400000 AS d, \
+             e.kind, CASE e.kind \
+               WHEN 'clicked' THEN CASE WHEN e.shown_at IS NOT NULL AND e.at >= e.shown_at THEN e.at - e.shown_at END \
+               WHEN 'dismissed' THEN (e.shown_at IS NOT NULL AND e.at >= e.shown_at AND e.at - e.shown_at <= ?4) \
+               WHEN 'feedback' THEN e.rating END AS x, count(*) \
+             FROM engagement_events e {join} WHERE e.at >= ?1 AND e.at < ?2 GROUP BY k, d, e.kind, x"
+        );
+        let mut rows = sqlx::query(&sql).bind(from).bind(to).bind(offset_ms).bind(quick_ms).fetch(self.pool());
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(db_err("counting engagement events"))? {
+            out.push(AdoptionCell {
+                key: get(&row, 0)?,
+                day: get(&row, 1)?,
+                kind: parse_enum::<EngagementKind>(get(&row, 2)?, "engagement kind")?,
+                detail: get(&row, 3)?,
+                count: u64_col(&row, 4, "engagement count")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The title people know each prompt by: the resolved content of one injection of it
+    /// that has an engagement event in `from <= at < to`. Prompts without one are left out.
+    pub async fn prompt_titles(
+        &self,
+        from: i64,
+        to: i64,
+        prompt_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for id in prompt_ids {
+            let row = sqlx::query(
+                "SELECT content FROM injections WHERE id = (SELECT injection_id FROM engagement_events \
+                 WHERE prompt_id = ? AND at >= ? AND at < ? LIMIT 1)",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err("reading a prompt's title"))?;
+            let Some(row) = row else { continue };
+            let content: &str = get(&row, 0)?;
+            let v: Value = serde_json::from_str(content)
+                .map_err(|e| corrupt(format!("stored content of prompt {id} is not JSON ({e})")))?;
+            if let Some(t) = v.get("title").and_then(Value::as_str) {
+                out.push((id.clone(), t.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `SELECT count(*)` over the interval: the floor under any adoption query (a baseline).
+    pub async fn engagement_count(&self, from: i64, to: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT count(*) FROM engagement_events WHERE at >= ? AND at < ?")
+            .bind(from)
+            .bind(to)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db_err("counting engagement events"))?;
+        u64_col(&row, 0, "engagement count")
+    }
+
     /// Everything a restarted service must pick up again (see [`RecoverySet`]).
     pub async fn recovery_set(&self, now: i64) -> Result<RecoverySet, StoreError> {
         let rows = sqlx::query(&format!("SELECT {INJECTION_COLUMNS} {RECOVERY}"))
@@ -454,6 +554,39 @@ impl super::Store {
         .collect()
     }
 
+    /// Recorded rule decisions, oldest first: of one conversation, or all (at most `limit`).
+    pub async fn rule_fires(&self, conversation_id: Option<Uuid>, limit: u32) -> Result<Vec<RuleFireRow>, StoreError> {
+        let rows = match conversation_id {
+            Some(c) => sqlx::query(
+                "SELECT conversation_id, rule_id, outcome, injection_id, at FROM rule_fires \
+                 WHERE conversation_id = ? ORDER BY id LIMIT ?",
+            )
+            .bind(c.hyphenated().to_string())
+            .bind(i64::from(limit)),
+            None => sqlx::query(
+                "SELECT conversation_id, rule_id, outcome, injection_id, at FROM rule_fires ORDER BY id LIMIT ?",
+            )
+            .bind(i64::from(limit)),
+        }
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("reading rule decisions"))?;
+        let uuid = |s: String| {
+            Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("rule_fires holds a bad uuid {s:?}: {e}")))
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(RuleFireRow {
+                    conversation_id: uuid(get(r, 0)?)?,
+                    rule_id: get(r, 1)?,
+                    outcome: get(r, 2)?,
+                    injection_id: get::<Option<String>>(r, 3)?.map(uuid).transpose()?,
+                    at: get(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
     /// Every day purged by retention, oldest first.
     pub async fn purges(&self) -> Result<Vec<PurgeRecord>, StoreError> {
         let rows =
@@ -562,4 +695,23 @@ mod tests {
         }
         store.close().await.unwrap();
     }
+}
+
+/// The column [`Store::adoption_cells`](super::Store::adoption_cells) groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptionDimension {
+    Prompt,
+    Rule,
+    Queue,
+    Agent,
+}
+
+/// One GROUP BY row of [`Store::adoption_cells`](super::Store::adoption_cells).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptionCell {
+    pub key: Option<String>,
+    pub day: i64,
+    pub kind: EngagementKind,
+    pub detail: Option<i64>,
+    pub count: u64,
 }

@@ -185,11 +185,18 @@ impl ConversationState {
             + self.armed.iter().map(|a| a.conditions.len() * std::mem::size_of::<Condition>()).sum::<usize>()
     }
 
-    fn advance(&mut self, now_ms: i64) {
+    /// The latest time seen (`i64::MIN` before any).
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    pub(crate) fn advance(&mut self, now_ms: i64) {
         self.now_ms = self.now_ms.max(now_ms);
     }
 
-    fn heard_confidence(&self, phrase: PhraseId) -> Option<f64> {
+    /// The best confidence of a final customer utterance that contained `phrase` (−∞ when
+    /// none carried one), or `None` when it was never heard.
+    pub(crate) fn heard_confidence(&self, phrase: PhraseId) -> Option<f64> {
         self.heard.binary_search_by_key(&phrase, |(p, _)| *p).ok().map(|i| self.heard[i].1)
     }
 
@@ -201,7 +208,8 @@ impl ConversationState {
         }
     }
 
-    fn holds(&self, c: &Condition) -> bool {
+    /// Whether one condition holds now, keywords judged over the whole conversation.
+    pub(crate) fn holds(&self, c: &Condition) -> bool {
         match *c {
             Condition::Keyword { phrase, threshold } => {
                 self.heard_confidence(phrase).is_some_and(|best| threshold.is_none_or(|t| best >= t))
@@ -224,8 +232,56 @@ impl ConversationState {
         conditions.iter().all(|c| self.holds(c))
     }
 
+    /// Records what `event` (arrived at `now_ms`) tells about the conversation, without
+    /// firing anything: the clock, the agent's connection, sentiment, and for a final customer
+    /// utterance its confidence and the phrases of `index` it contains (each reported to
+    /// `on_phrase` with the utterance's confidence, once per occurrence). Returns `true` when
+    /// the event ended the conversation. Shared by [`Evaluator`] and the rule engine, so both
+    /// read events identically.
+    pub(crate) fn observe(
+        &mut self,
+        index: &KeywordIndex,
+        normalizer: &mut Normalizer,
+        event: &Event,
+        now_ms: i64,
+        mut on_phrase: impl FnMut(PhraseId, Option<f64>),
+    ) -> bool {
+        if self.ended {
+            return false;
+        }
+        self.advance(now_ms);
+        match event {
+            Event::ConversationEnded => {
+                self.ended = true;
+                return true;
+            }
+            Event::AgentConnected { at_ms } => {
+                // Snapshots repeat the connection; the first one starts the clock.
+                self.agent_connected_at_ms.get_or_insert(*at_ms);
+            }
+            Event::Sentiment { score } => self.sentiment = Some(*score),
+            // Agent and other speech and partials change nothing, but still count as an event:
+            // a duration reached since the last one fires there.
+            Event::Utterance(u) if u.is_final && u.channel == Channel::Customer => {
+                self.last_customer_confidence = Some(u.confidence);
+                let text = normalizer.normalize(&u.text);
+                for phrase in index.matches(text) {
+                    self.hear(phrase, u.confidence);
+                    on_phrase(phrase, u.confidence);
+                }
+            }
+            Event::Utterance(_) => {}
+        }
+        false
+    }
+
+    /// Removes every waiting entry as expired (the conversation ended).
+    pub(crate) fn take_expired(&mut self) -> Vec<Outcome> {
+        std::mem::take(&mut self.armed).into_iter().map(|a| Outcome::Expired(a.id)).collect()
+    }
+
     /// Fires (and removes) every waiting entry whose conditions all hold, in arming order.
-    fn fire_ready(&mut self) -> Vec<Outcome> {
+    pub(crate) fn fire_ready(&mut self) -> Vec<Outcome> {
         let mut fired = Vec::new();
         let mut i = 0;
         while i < self.armed.len() {
@@ -267,27 +323,8 @@ impl Evaluator {
         if state.ended {
             return Vec::new();
         }
-        state.advance(now_ms);
-        match event {
-            Event::ConversationEnded => {
-                state.ended = true;
-                return std::mem::take(&mut state.armed).into_iter().map(|a| Outcome::Expired(a.id)).collect();
-            }
-            Event::AgentConnected { at_ms } => {
-                // Snapshots repeat the connection; the first one starts the clock.
-                state.agent_connected_at_ms.get_or_insert(*at_ms);
-            }
-            Event::Sentiment { score } => state.sentiment = Some(*score),
-            // Agent and other speech and partials change nothing, but still count as an event:
-            // a duration reached since the last one fires here.
-            Event::Utterance(u) if u.is_final && u.channel == Channel::Customer => {
-                state.last_customer_confidence = Some(u.confidence);
-                let text = self.normalizer.normalize(&u.text);
-                for phrase in self.index.matches(text) {
-                    state.hear(phrase, u.confidence);
-                }
-            }
-            Event::Utterance(_) => {}
+        if state.observe(&self.index, &mut self.normalizer, event, now_ms, |_, _| {}) {
+            return state.take_expired();
         }
         state.fire_ready()
     }

@@ -32,6 +32,18 @@ impl KeywordIndexBuilder {
         KeywordIndexBuilder::default()
     }
 
+    /// A builder that starts with every phrase of `index`, in id order, so each keeps its
+    /// [`PhraseId`] in the index this builder makes: phrases added now get new, higher ids.
+    /// This is how a live service grows its index (a rules reload, an API arm with a new
+    /// phrase) without invalidating what conversations already heard.
+    pub fn extending(index: &KeywordIndex) -> KeywordIndexBuilder {
+        KeywordIndexBuilder {
+            phrases: index.phrases.clone(),
+            by_text: index.by_text.clone(),
+            normalizer: Normalizer::new(),
+        }
+    }
+
     /// Adds a phrase (raw, as a rule or payload wrote it) and returns its id. A phrase equal
     /// to an earlier one after normalization gets the earlier id.
     pub fn add(&mut self, phrase: &str) -> Result<PhraseId, TriggerError> {

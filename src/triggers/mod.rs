@@ -4,21 +4,32 @@
 //! - [`keywords`]: every phrase in one Aho-Corasick automaton, whole-word matches.
 //! - [`events`]: notification envelopes → typed conversation events.
 //! - [`evaluator`]: per-conversation state, armed entries, firing and expiry.
+//! - [`rules`]: rules files: parsing, validation with file:line messages, hot reload.
+//! - [`live`]: the async runtime: notifications → engines → injections (the only I/O here).
+//! - [`replay`]: backtesting rules over recorded calls, with precision and recall.
+//! - [`engine`]: a rule set compiled once, and the per-conversation rule engine (cooldown,
+//!   caps, priority, shadow, API-armed entries).
 //!
 //! Nothing here does I/O or reads a clock: time comes in as epoch milliseconds, so the same
 //! code runs live (driven by the notifications websocket and a timer) and in replay.
 
+pub mod engine;
 pub mod evaluator;
 pub mod events;
 pub mod keywords;
+pub mod live;
 pub mod normalize;
+pub mod replay;
+pub mod rules;
 
+pub use engine::{CompiledRule, CompiledRules, ConversationEngine, Decision, SuppressReason};
 pub use evaluator::{compile, Armed, ArmedId, Condition, ConversationState, Evaluator, Outcome};
 pub use events::{
     normalize_sentiment, parse_envelope, parse_notification, Channel, Event, Notification, Topic, Utterance,
 };
 pub use keywords::{KeywordIndex, KeywordIndexBuilder, PhraseId};
 pub use normalize::{normalize, Normalizer};
+pub use rules::{Rule, RulePrompt, RuleSet};
 
 /// Everything that can go wrong in this module; each message says what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -217,6 +217,8 @@ fn demo_runs_the_tutorial_end_to_end() {
         "409 Conflict",
         "\"complianceTag\": \"AGENT_ASSIST_INJECTION\"",
         "0 answered 429",
+        "rules fire from live transcripts",
+        "cancel_threat fired",
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }

@@ -186,7 +186,9 @@ async fn delivers_after_delay_to_panel_and_participant_data_then_expires() {
 
     let (ev, ev_id, data) = next_event(&mut sse, &mut buf, Duration::from_secs(5)).await.expect("prompt event");
     assert!(posted.elapsed() >= Duration::from_millis(700), "shown after {:?}, before delayMs", posted.elapsed());
-    assert_eq!((ev.as_str(), ev_id), ("prompt", 1));
+    // Event ids are seeded from the clock (unique across restarts), not counted from 1.
+    assert_eq!(ev.as_str(), "prompt");
+    assert!(ev_id > 1);
     assert_eq!(data["injectionId"], id.as_str());
     assert_eq!(data["title"], "Refund policy");
     assert_eq!(data["priority"], "high");
@@ -206,13 +208,14 @@ async fn delivers_after_delay_to_panel_and_participant_data_then_expires() {
     }
 
     // A reconnecting client resumes after the last id it saw.
-    let mut again = open_stream(&svc.base, &call.conversation_id, Some(1)).await;
+    let mut again = open_stream(&svc.base, &call.conversation_id, Some(ev_id)).await;
     let mut buf2 = String::new();
     assert!(next_event(&mut again, &mut buf2, Duration::from_millis(300)).await.is_none());
 
     // Auto-dismiss after autoDismissMs.
+    let first_id = ev_id;
     let (ev, ev_id, data) = next_event(&mut sse, &mut buf, Duration::from_secs(13)).await.expect("remove event");
-    assert_eq!((ev.as_str(), ev_id), ("remove", 2));
+    assert_eq!((ev.as_str(), ev_id), ("remove", first_id + 1));
     assert_eq!(data["reason"], "expired");
     assert!(posted.elapsed() >= Duration::from_millis(10_700));
     wait_status(&svc.base, &id, "expired", Duration::from_secs(2)).await;

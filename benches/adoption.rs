@@ -1,0 +1,156 @@
+//! Adoption over many engagement events (issue 6: 10,000,000 events, goal under 2 s),
+//! each path beside the baselines measured in the same run on the same database:
+//! `SELECT count(*)` over the interval (the floor of any scan), the SQL GROUP BY path the
+//! CLI and API use, and the reference fold streaming every row out of SQLite.
+//!
+//! Run: `cargo bench --bench adoption`. `GC_ASSIST_BENCH_ADOPTION_ROWS` sets the event count
+//! (default 10,000,000); the database is built once per run in a temporary directory
+//! (about 2 GB at 10 M rows) and removed at the end.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use divan::{black_box, Bencher};
+use gc_assist::adoption::{self, metrics, AdoptionQuery, GroupBy};
+use gc_assist::store::{EngagementKind, EngagementRow, Store, StoreOptions};
+use sqlx::ConnectOptions;
+use uuid::Uuid;
+
+/// 2026-03-01T00:00:00Z; events spread over 30 days from here.
+const T0: i64 = 1_772_323_200_000;
+const SPAN_MS: i64 = 30 * 86_400_000;
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+    dir: PathBuf,
+    rows: i64,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+fn main() {
+    divan::main();
+    if let Some(f) = FIXTURE.get() {
+        let _ = f.rt.block_on(f.store.close());
+        let _ = std::fs::remove_dir_all(&f.dir);
+    }
+}
+
+fn rows() -> i64 {
+    std::env::var("GC_ASSIST_BENCH_ADOPTION_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000_000)
+}
+
+/// Shown, then (by a hash of the injection) viewed / clicked / dismissed / expired, three
+/// rows per injection on average; 50 prompts, 200 agents (missing on a fifth of the rows),
+/// 12 queues, 20 rules. Built in one SQL statement: seeding is not what is measured.
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::Builder::new().prefix("gc-assist-adoption-bench").tempdir().unwrap().keep();
+        let path = dir.join("adoption.db");
+        let n = rows();
+        let store = rt.block_on(async {
+            // The store makes the schema; a plain connection fills it fast.
+            Store::open(&path, StoreOptions::default()).await.unwrap().close().await.unwrap();
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+            let started = std::time::Instant::now();
+            let sql = format!(
+                "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {last}), \
+                 r AS (SELECT i, i / 3 AS inj, i % 3 AS step, (i / 3) * 2654435761 % 1000003 AS h FROM s) \
+                 INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, \
+                   kind, at, shown_at, rating) \
+                 SELECT printf('00000000-0000-4000-8000-%012d', inj), printf('00000000-0000-4000-9000-%012d', inj / 4), \
+                   printf('00000000-0000-4000-a000-%012d', h % 50), CASE WHEN h % 3 = 0 THEN NULL ELSE 'rule-' || (h % 20) END, \
+                   'queue-' || (h % 12), CASE WHEN (h + step) % 5 = 0 THEN NULL ELSE 'agent-' || (h % 200) END, \
+                   CASE step WHEN 0 THEN 'shown' WHEN 1 THEN 'viewed' \
+                     ELSE CASE h % 4 WHEN 0 THEN 'clicked' WHEN 1 THEN 'dismissed' WHEN 2 THEN 'expired' ELSE 'feedback' END END, \
+                   {T0} + inj * 3 * {SPAN_MS} / {n} + CASE step WHEN 0 THEN 0 WHEN 1 THEN 1000 ELSE 500 + (h % 9000) END, \
+                   {T0} + inj * 3 * {SPAN_MS} / {n}, CASE WHEN step = 2 AND h % 4 = 3 THEN CASE WHEN h % 2 = 0 THEN 1 ELSE -1 END END \
+                 FROM r",
+                last = n - 1
+            );
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
+            sqlx::query("PRAGMA synchronous = OFF").execute(&mut conn).await.unwrap();
+            sqlx::query(&sql).execute(&mut conn).await.unwrap();
+            drop(conn);
+            eprintln!("seeded {n} engagement events in {:.1} s", started.elapsed().as_secs_f64());
+            Store::open(&path, StoreOptions::default()).await.unwrap()
+        });
+        Fixture { rt, store, dir, rows: n }
+    })
+}
+
+fn query(group_by: Vec<GroupBy>) -> AdoptionQuery {
+    let utc = adoption::parse_tz("Z").unwrap();
+    AdoptionQuery::new(T0, T0 + SPAN_MS + 86_400_000, utc, group_by).unwrap()
+}
+
+#[divan::bench(name = "baseline: SELECT count(*) over the interval", sample_count = 3, sample_size = 1)]
+fn baseline_count(b: Bencher) {
+    let f = fixture();
+    b.bench(|| {
+        let n = f.rt.block_on(f.store.engagement_count(T0, T0 + SPAN_MS + 86_400_000)).unwrap();
+        assert_eq!(n as i64, f.rows);
+        black_box(n)
+    });
+}
+
+#[divan::bench(
+    name = "SQL GROUP BY path: totals + days",
+    args = ["none", "prompt", "agent"],
+    sample_count = 3,
+    sample_size = 1
+)]
+fn sql_path(b: Bencher, by: &str) {
+    let f = fixture();
+    let g = if by == "none" { Vec::new() } else { GroupBy::parse_list(by).unwrap() };
+    let q = query(g);
+    b.bench(|| {
+        let r = f.rt.block_on(adoption::compute(&f.store, &q)).unwrap();
+        assert_eq!(
+            (r.totals.shown
+                + r.totals.viewed
+                + r.totals.clicked
+                + r.totals.dismissed
+                + r.totals.expired
+                + r.totals.feedback) as i64,
+            f.rows
+        );
+        black_box(r)
+    });
+}
+
+#[divan::bench(name = "reference fold streamed from SQLite, by prompt", sample_count = 1, sample_size = 1)]
+fn fold_streamed(b: Bencher) {
+    let f = fixture();
+    let q = query(vec![GroupBy::Prompt]);
+    b.bench(|| black_box(f.rt.block_on(adoption::compute_by_fold(&f.store, &q)).unwrap()));
+}
+
+/// The fold alone on rows already in memory (1,000,000 of them: 10 M would need ~2 GB),
+/// to separate the fold's cost from reading rows out of SQLite.
+#[divan::bench(name = "reference fold over 1,000,000 in-memory rows, by prompt", sample_count = 3, sample_size = 1)]
+fn fold_in_memory(b: Bencher) {
+    let q = query(vec![GroupBy::Prompt]);
+    let kinds = EngagementKind::ALL;
+    let rows: Vec<EngagementRow> = (0..1_000_000u64)
+        .map(|i| {
+            let h = (i / 3).wrapping_mul(2_654_435_761) % 1_000_003;
+            let shown = T0 + (i / 3) as i64 * 1000;
+            EngagementRow {
+                injection_id: Uuid::from_u128(u128::from(i / 3)),
+                conversation_id: Uuid::from_u128(u128::from(i / 12)),
+                prompt_id: Uuid::from_u128(u128::from(h % 50)),
+                rule_id: None,
+                queue_id: Some(format!("queue-{}", h % 12)),
+                agent_id: Some(format!("agent-{}", h % 200)),
+                kind: kinds[(i % 3) as usize * 2 % 6],
+                at: shown + (i % 3) as i64 * 700,
+                shown_at: Some(shown),
+                rating: None,
+            }
+        })
+        .collect();
+    b.bench(|| black_box(metrics::fold(&q, rows.iter().cloned())));
+}
