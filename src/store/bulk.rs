@@ -1,9 +1,12 @@
 //! Bulk writes fed by ONE parameter: the rows of a table as a JSON array of arrays, unpacked
-//! by SQLite's `json_each`. The statement text never changes with the row count, so each
-//! table costs one cached prepared statement and one hand-off to sqlx's SQLite thread per
-//! flush, however many batches the group commit drained (the multi-row `VALUES` form needs
-//! a statement per power-of-two chunk, and each hand-off is a thread wake-up that costs far
-//! more than the row itself on a busy machine).
+//! by SQLite's `json_each` (`StoreOptions::bulk_json`). The statement text never changes with
+//! the row count, so each table costs one cached prepared statement and one hand-off to sqlx's
+//! SQLite thread per flush, however many batches the group commit drained (the multi-row
+//! `VALUES` form needs a statement per power-of-two chunk). Measured side by side on the
+//! 2-core machine (BENCHMARKS.md), SQLite's JSON unpacking cost more CPU than those
+//! hand-offs, so `VALUES` is the default; this form is kept for machines where thread
+//! hand-offs, not CPU, bound the writer. [`FINISH_HEAD`] (head + COMMIT in one hand-off) is
+//! used by both forms.
 //!
 //! Blobs travel as hex and are stored with `unhex`, integers as JSON integers, texts as JSON
 //! strings. SQLite's JSON reader ends a string at an escaped NUL (`\u0000`), so a buffer with
