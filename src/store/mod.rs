@@ -35,9 +35,11 @@
 //! Migrations are checksummed by sqlx when applied: never edit one that has shipped; add
 //! `migrations/sqlite/NNNN_what.sql` instead (`build.rs` rebuilds when the folder changes).
 
+mod bulk;
 pub mod clock;
 pub mod model;
 mod ops;
+mod raw_audit;
 mod read;
 mod writer;
 
@@ -165,6 +167,12 @@ pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     /// Seeds the random part of audit ids (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Hand SQLite the rows of a group commit as one JSON parameter per table (one statement
+    /// and one thread hand-off per table) instead of multi-row `VALUES` statements (one per
+    /// power-of-two chunk; the default). Measured side by side (BENCHMARKS.md, 2026-11-24
+    /// 02:12), SQLite's JSON unpacking cost more CPU than the hand-offs it saved on the
+    /// 2-core machine, so it is off; kept selectable for machines where hand-offs dominate.
+    pub bulk_json: bool,
 }
 
 impl Default for StoreOptions {
@@ -176,6 +184,7 @@ impl Default for StoreOptions {
             queue_capacity: 8192,
             clock: Arc::new(SystemClock),
             rng_seed: None,
+            bulk_json: false,
         }
     }
 }
@@ -189,6 +198,7 @@ impl fmt::Debug for StoreOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("clock", &self.clock)
             .field("rng_seed", &self.rng_seed.map(|_| "set"))
+            .field("bulk_json", &self.bulk_json)
             .finish()
     }
 }
@@ -249,6 +259,7 @@ impl Store {
             rng,
             counters: counters.clone(),
             max_drain: opts.max_drain.max(1),
+            bulk_json: opts.bulk_json,
         };
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let task = tokio::spawn(w.run(rx));

@@ -472,29 +472,42 @@ impl super::Store {
     /// Up to `limit` audit records with `seq >= from_seq`, in order (keyset pagination: pass
     /// the last seq + 1 to continue).
     pub async fn audit_batch(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        audit_batch(self.pool(), from_seq, limit).await
+        super::raw_audit::audit_batch(self.pool(), to_i64(from_seq, "seq")?, limit).await
     }
 
     /// The audit chain from `from_seq` on, as batches of up to `batch` records, for
     /// verification and export in constant memory. Each batch is its own read, so records
-    /// appended meanwhile are included.
+    /// appended meanwhile are included. The next batch is read (on a blocking thread, off
+    /// SQLite's C API) while the caller works on the current one, so verifying and reading
+    /// overlap; at most two batches are in memory.
     pub fn audit_stream(
         &self,
         from_seq: u64,
         batch: u32,
     ) -> impl Stream<Item = Result<Vec<AuditRecord>, StoreError>> + Send + 'static {
+        type Pending = tokio::task::JoinHandle<Result<Vec<AuditRecord>, StoreError>>;
         let pool = self.pool().clone();
         let batch = batch.max(1);
-        futures::stream::try_unfold(Some(from_seq), move |next| {
-            let pool = pool.clone();
+        let fetch = move |from: u64| -> Result<Pending, StoreError> {
+            let (pool, from) = (pool.clone(), to_i64(from, "seq")?);
+            Ok(tokio::spawn(async move { super::raw_audit::audit_batch(&pool, from, batch).await }))
+        };
+        let first = fetch(from_seq);
+        futures::stream::try_unfold(Some(first), move |next: Option<Result<Pending, StoreError>>| {
+            let fetch = fetch.clone();
             async move {
-                let Some(from) = next else { return Ok(None) };
-                let records = audit_batch(&pool, from, batch).await?;
+                let Some(pending) = next else { return Ok(None) };
+                let records = pending?
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))??;
                 if records.is_empty() {
                     return Ok(None);
                 }
-                let after = records.last().map(|r| r.seq.checked_add(1));
-                let next = if records.len() < batch as usize { None } else { after.flatten() };
+                let after = records.last().and_then(|r| r.seq.checked_add(1));
+                let next = match after {
+                    Some(after) if records.len() == batch as usize => Some(fetch(after)),
+                    _ => None,
+                };
                 Ok(Some((records, next)))
             }
         })
@@ -649,18 +662,6 @@ impl super::Store {
         let mut conn = self.pool().acquire().await.map_err(db_err("reading the audit head"))?;
         load_head(&mut conn).await
     }
-}
-
-async fn audit_batch(pool: &SqlitePool, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-    // Decoding rows as they arrive keeps one batch in memory, not the rows and the records.
-    use futures::TryStreamExt;
-    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_records WHERE seq >= ? ORDER BY seq LIMIT ?");
-    let mut rows = sqlx::query(&sql).bind(to_i64(from_seq, "seq")?).bind(i64::from(limit)).fetch(pool);
-    let mut out = Vec::with_capacity(limit.min(65_536) as usize);
-    while let Some(row) = rows.try_next().await.map_err(db_err("reading audit records"))? {
-        out.push(decode_audit(&row)?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -88,6 +88,8 @@ pub(super) struct Writer {
     pub rng: StdRng,
     pub counters: Arc<Counters>,
     pub max_drain: usize,
+    /// Bulk rows as JSON (see `StoreOptions::bulk_json`).
+    pub bulk_json: bool,
 }
 
 /// How a pass over the batches ended.
@@ -166,14 +168,14 @@ impl Writer {
         let at = AuditTime::from_unix_millis(now)?;
         let start = (self.chain.last_seq(), self.chain.last_hash());
         begin(&mut self.conn).await?;
-        let answers = match self.pass(jobs, at, now, false).await? {
+        let answers = match self.pass(jobs, at, now, start.0, false).await? {
             Pass::Done(a) => a,
             Pass::Replay => {
                 self.counters.replays.fetch_add(1, Ordering::Relaxed);
                 sqlx::query("ROLLBACK").execute(&mut self.conn).await.map_err(db_err("rolling back"))?;
                 self.chain = Chain::resume(start.0, start.1);
                 begin(&mut self.conn).await?;
-                match self.pass(jobs, at, now, true).await? {
+                match self.pass(jobs, at, now, start.0, true).await? {
                     Pass::Done(a) => a,
                     Pass::Replay => {
                         return Err(StoreError::Invalid("internal: a savepoint pass asked for a replay".into()))
@@ -181,17 +183,8 @@ impl Writer {
                 }
             }
         };
+        // `pass` committed: the head moved and COMMIT ran in its last statement.
         let appended = self.chain.last_seq() - start.0;
-        if appended > 0 {
-            sqlx::query("UPDATE audit_head SET last_seq = ?, last_hash = ?, last_at = ? WHERE id = 1")
-                .bind(to_i64(self.chain.last_seq(), "seq")?)
-                .bind(&self.chain.last_hash().0[..])
-                .bind(now)
-                .execute(&mut self.conn)
-                .await
-                .map_err(db_err("advancing the audit head"))?;
-        }
-        sqlx::query("COMMIT").execute(&mut self.conn).await.map_err(db_err("committing"))?;
         if appended > 0 {
             self.last_at = now;
         }
@@ -202,17 +195,20 @@ impl Writer {
         Ok(answers)
     }
 
-    /// Applies every batch in order. The fast pass buffers writes into multi-row statements
-    /// and skips, in place, a batch that fails before writing anything; a batch failing after
-    /// writing asks for a replay. The replay runs each batch at once inside a savepoint.
+    /// Applies every batch in order, then commits. The fast pass buffers writes into bulk
+    /// statements and skips, in place, a batch that fails before writing anything; a batch
+    /// failing after writing asks for a replay. The replay runs each batch at once inside a
+    /// savepoint. `start_seq` is the chain's end before the transaction.
     async fn pass(
         &mut self,
         jobs: &[(WriteBatch, Reply)],
         at: AuditTime,
         now: i64,
+        start_seq: u64,
         savepoints: bool,
     ) -> Result<Pass, StoreError> {
         let mut ctx = TxCtx::new(&mut self.conn, &mut self.chain, &mut self.rng, at, now, !savepoints);
+        ctx.json = self.bulk_json;
         // Per batch: its records' count and the operations' row counts, or its error.
         let mut outcomes: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::with_capacity(jobs.len());
         for (batch, _) in jobs {
@@ -256,7 +252,12 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = ctx.flush().await {
+        // The rest of the buffers, the chain head and COMMIT go in one statement: one
+        // hand-off to SQLite's thread instead of one per table, head and commit.
+        let last_seq = ctx.chain.last_seq();
+        let last_hash = ctx.chain.last_hash();
+        let head = (to_i64(last_seq, "seq")?, &last_hash.0[..], now, last_seq > start_seq);
+        if let Err(e) = ctx.finish(head).await {
             return if ctx.flush_failed { Ok(Pass::Replay) } else { Err(e) };
         }
         let mut records = std::mem::take(&mut ctx.records).into_iter();

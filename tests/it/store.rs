@@ -748,3 +748,63 @@ async fn throughput() {
     );
     store.close().await.unwrap();
 }
+
+/// The bulk path carries rows as JSON; texts with quotes, controls, non-ASCII and NUL (which
+/// SQLite's JSON reader would cut short, so those rows go bound) must read back byte for
+/// byte, and the chain sealed over them must verify, whichever path each group took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_texts_read_back_exactly_from_bulk_writes() {
+    awkward_texts(true).await;
+}
+
+/// The same with the store writing rows as multi-row `VALUES` statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_texts_read_back_exactly_from_values_writes() {
+    awkward_texts(false).await;
+}
+
+async fn awkward_texts(bulk_json: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&dir.path().join("store.db"), StoreOptions { bulk_json, ..opts(&clock) }).await.unwrap();
+    let texts = ["plain", "quote \" back\\slash", "tab\tline\nfeed\u{1}", "é 😀 \u{7f}", "nul\0inside"];
+    let mut rows = Vec::new();
+    // First groups without a NUL (all JSON), then groups with one (bound where needed).
+    for phase in [&texts[..4], &texts[..]] {
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let i = rows.len();
+            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+            let text = phase[i % phase.len()];
+            r.last_error = Some(format!("{i}: {text}"));
+            let mut d = draft(&r, "accepted");
+            d.error = Some(text.to_owned());
+            d.reason = Some(format!("{text}{i}"));
+            let body = format!("{{\"t\":{:?}}}\0{i}", text).into_bytes();
+            let hook = OutboxRow::new(r.id, HOOK, "AGENT_ASSIST_PROMPT_INJECTED", body, T0);
+            let op = WriteOp::InsertInjection {
+                row: Box::new(r.clone()),
+                audit: vec![d],
+                outbox: vec![hook.clone()],
+                idempotency: None,
+            };
+            rows.push((r, text, hook));
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { store.write(op).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    for (i, (r, text, hook)) in rows.iter().enumerate() {
+        let got = store.get_injection(r.id).await.unwrap().expect("stored");
+        assert_eq!(got.row, *r, "row {i}");
+        assert_eq!(got.timeline[0].error.as_deref(), Some(*text), "audit error {i}");
+        assert_eq!(got.timeline[0].reason, Some(format!("{text}{i}")), "audit reason {i}");
+        assert_eq!(store.outbox_get(&hook.id).await.unwrap().as_ref(), Some(hook), "webhook {i}");
+    }
+    let records = all_records(&store).await;
+    assert_eq!(records.len(), 100);
+    assert_valid(&records, None, &[], &[]);
+    store.close().await.unwrap();
+}

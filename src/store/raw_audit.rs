@@ -1,0 +1,161 @@
+//! The audit chain read straight off SQLite's C API, for verification and export speed.
+//!
+//! Through sqlx every row is a message from its SQLite thread and every column a duplicated
+//! value (an allocation each): about ten microseconds a record, ten times the cost of
+//! verifying it. Here a blocking thread takes the pooled read connection's handle
+//! (`lock_handle`: sqlx's own thread keeps off it meanwhile), steps one prepared statement
+//! and decodes each column in place from SQLite's buffers. The only allocations are the
+//! record's own strings.
+//!
+//! Everything unsafe is in this file: pointers and lengths come from SQLite for the current
+//! row and are copied before the next step; the statement is finalized on every path.
+
+use std::ffi::{c_int, CStr};
+use std::ptr::NonNull;
+
+use libsqlite3_sys as ffi;
+use sqlx::sqlite::SqlitePool;
+use uuid::Uuid;
+
+use super::{db_err, StoreError};
+use crate::audit::{AuditRecord, AuditTime, Digest};
+
+const SELECT: &CStr = c"SELECT seq, audit_id, timestamp, conversation_id, prompt_id, injection_id, status, \
+    latency_ms, error, actor, reason, compliance_tag, retention_policy, prev_hash, hash FROM audit_records \
+    WHERE seq >= ?1 ORDER BY seq LIMIT ?2";
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+/// Up to `limit` records with `seq >= from`, in order, read on a blocking thread.
+pub(super) async fn audit_batch(pool: &SqlitePool, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db_err("reading audit records"))?;
+    tokio::task::spawn_blocking(move || {
+        // The lock is a message to sqlx's thread and a mutex: fine to wait for here.
+        let mut handle = futures::executor::block_on(conn.lock_handle()).map_err(db_err("reading audit records"))?;
+        read(handle.as_raw_handle(), from, limit)
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))?
+}
+
+/// The statement, finalized when dropped.
+struct Stmt(*mut ffi::sqlite3_stmt);
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        // SAFETY: a statement prepared by `read`, finalized exactly once, here.
+        unsafe { ffi::sqlite3_finalize(self.0) };
+    }
+}
+
+fn sqlite_error(db: *mut ffi::sqlite3, code: c_int) -> StoreError {
+    // SAFETY: `db` is the open connection this thread holds; the message is copied at once.
+    let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }.to_string_lossy().into_owned();
+    StoreError::Invalid(format!("reading audit records: SQLite error {code}: {msg}"))
+}
+
+fn read(db: NonNull<ffi::sqlite3>, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    let db = db.as_ptr();
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: `db` is open and ours while the lock is held; SELECT is NUL-terminated.
+    let rc = unsafe { ffi::sqlite3_prepare_v2(db, SELECT.as_ptr(), -1, &mut raw, std::ptr::null_mut()) };
+    if rc != ffi::SQLITE_OK || raw.is_null() {
+        return Err(sqlite_error(db, rc));
+    }
+    let stmt = Stmt(raw);
+    // SAFETY: a live statement with two parameters.
+    unsafe {
+        ffi::sqlite3_bind_int64(stmt.0, 1, from);
+        ffi::sqlite3_bind_int64(stmt.0, 2, i64::from(limit));
+    }
+    let mut out = Vec::with_capacity(limit.min(65_536) as usize);
+    loop {
+        // SAFETY: a live statement, stepped on the thread holding the connection.
+        match unsafe { ffi::sqlite3_step(stmt.0) } {
+            ffi::SQLITE_ROW => out.push(decode(&Row(stmt.0))?),
+            ffi::SQLITE_DONE => return Ok(out),
+            rc => return Err(sqlite_error(db, rc)),
+        }
+    }
+}
+
+/// The current row of a stepped statement.
+struct Row(*mut ffi::sqlite3_stmt);
+
+impl Row {
+    fn is_null(&self, i: c_int) -> bool {
+        // SAFETY: the statement is on a row and `i` is one of its 15 columns.
+        unsafe { ffi::sqlite3_column_type(self.0, i) == ffi::SQLITE_NULL }
+    }
+
+    fn int(&self, i: c_int, what: &str) -> Result<u64, StoreError> {
+        if self.is_null(i) {
+            return Err(corrupt(format!("a stored {what} is NULL")));
+        }
+        // SAFETY: as in `is_null`.
+        let v = unsafe { ffi::sqlite3_column_int64(self.0, i) };
+        u64::try_from(v).map_err(|_| corrupt(format!("stored {what} {v} is negative")))
+    }
+
+    /// The column's bytes, valid until the next step (copied by every caller).
+    fn bytes(&self, i: c_int) -> &[u8] {
+        // SAFETY: blob first, then its length (the order SQLite documents); the pointer is
+        // valid for that many bytes until the statement moves, which `&self` outlives.
+        unsafe {
+            let p = ffi::sqlite3_column_blob(self.0, i);
+            let n = ffi::sqlite3_column_bytes(self.0, i);
+            if p.is_null() || n <= 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), n as usize)
+            }
+        }
+    }
+
+    fn text(&self, i: c_int, what: &str) -> Result<&str, StoreError> {
+        if self.is_null(i) {
+            return Err(corrupt(format!("a stored audit {what} is NULL")));
+        }
+        std::str::from_utf8(self.bytes(i)).map_err(|_| corrupt(format!("a stored audit {what} is not UTF-8")))
+    }
+
+    fn opt_text(&self, i: c_int, what: &str) -> Result<Option<String>, StoreError> {
+        if self.is_null(i) {
+            return Ok(None);
+        }
+        self.text(i, what).map(|s| Some(s.to_owned()))
+    }
+
+    fn uuid(&self, i: c_int) -> Result<Uuid, StoreError> {
+        let b = self.bytes(i);
+        Uuid::from_slice(b).map_err(|_| corrupt(format!("a stored audit id has {} bytes, not 16", b.len())))
+    }
+
+    fn digest(&self, i: c_int) -> Result<Digest, StoreError> {
+        let b = self.bytes(i);
+        <[u8; 32]>::try_from(b).map(Digest).map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", b.len())))
+    }
+}
+
+/// Column order: `SELECT` above (the same as the sqlx reader's).
+fn decode(r: &Row) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        seq: r.int(0, "audit seq")?,
+        audit_id: r.uuid(1)?,
+        timestamp: AuditTime::parse(r.text(2, "timestamp")?).map_err(|e| corrupt(e.to_string()))?,
+        conversation_id: r.uuid(3)?,
+        prompt_id: r.uuid(4)?,
+        injection_id: r.uuid(5)?,
+        status: r.text(6, "status")?.to_owned(),
+        latency_ms: if r.is_null(7) { None } else { Some(r.int(7, "latencyMs")?) },
+        error: r.opt_text(8, "error")?,
+        actor: r.text(9, "actor")?.to_owned(),
+        reason: r.opt_text(10, "reason")?,
+        compliance_tag: r.text(11, "complianceTag")?.to_owned(),
+        retention_policy: r.text(12, "retentionPolicy")?.to_owned(),
+        prev_hash: r.digest(13)?,
+        hash: r.digest(14)?,
+    })
+}
