@@ -1,4 +1,4 @@
-//! Adoption analytics (CONTRACT.md §6, issue 6): how agents take up our prompts, from the
+//! Adoption analytics (CONTRACT.md §6): how agents take up our prompts, from the
 //! stored engagement events, beside Genesys Agent Copilot's own suggestion figures.
 //!
 //! - [`metrics`]: the figures as a pure fold (the reference) and their accumulators.
