@@ -16,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{assets, PanelError, Scope};
-use crate::injection::panel::{PanelEvent, Subscription};
+use crate::injection::panel::Subscription;
 use crate::injection::service::{Engagement, ServiceError};
 use crate::server::{ApiError, AppState};
 
@@ -179,44 +179,19 @@ async fn stream(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<S
     r.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn to_event(e: PanelEvent) -> Event {
-    Event::default().id(e.id.to_string()).event(e.kind).data(e.data.to_string())
-}
-
+/// The page learns the server's clock from a first `hello` event, to draw countdowns that
+/// agree with the service's expiry even when the agent's clock is off; then the shared
+/// panel stream, ending with the session.
 fn sse_events(
     sub: Subscription,
     stop: tokio::sync::watch::Receiver<bool>,
     session_left: Duration,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // The page learns the server's clock from the first event, to draw countdowns that
-    // agree with the service's expiry even when the agent's clock is off.
     let hello = Event::default()
         .event("hello")
         .data(json!({ "serverTime": rfc3339(chrono::Utc::now().timestamp_millis()) }).to_string());
-    let backlog = stream::iter(std::iter::once(Ok(hello)).chain(sub.backlog.into_iter().map(|e| Ok(to_event(e)))));
     let end = tokio::time::Instant::now() + session_left;
-    let live = stream::unfold((sub.live, stop), move |(mut rx, mut stop)| async move {
-        if *stop.borrow() {
-            return None;
-        }
-        loop {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(e) => return Some((Ok(to_event(e)), (rx, stop))),
-                    // Fell behind the ring or the conversation's stream closed: end; the page
-                    // reconnects with Last-Event-ID and catches up from the ring.
-                    Err(_) => return None,
-                },
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return None;
-                    }
-                }
-                _ = tokio::time::sleep_until(end) => return None,
-            }
-        }
-    });
-    backlog.chain(live)
+    stream::once(async move { Ok(hello) }).chain(crate::server::handlers::sse_events(sub, stop, Some(end)))
 }
 
 #[derive(Deserialize)]

@@ -217,7 +217,7 @@ pub async fn stream(State(st): State<AppState>, headers: HeaderMap, Path(id): Pa
             headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
         let sub = st.inner.service.panel().subscribe(id, last);
         let stop = st.inner.stop.subscribe();
-        let events = sse_events(sub, stop);
+        let events = sse_events(sub, stop, None);
         Ok::<_, ApiError>(
             Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response(),
         )
@@ -229,21 +229,30 @@ fn to_event(e: crate::injection::panel::PanelEvent) -> Event {
     Event::default().id(e.id.to_string()).event(e.kind).data(e.data.to_string())
 }
 
-fn sse_events(
+/// A panel subscription as SSE events: its backlog, then live events until the server
+/// drains, the subscriber falls behind the ring (the client reconnects with `Last-Event-ID`
+/// and catches up from the ring), or `until` passes (a panel session's end).
+pub(crate) fn sse_events(
     sub: crate::injection::panel::Subscription,
     stop: tokio::sync::watch::Receiver<bool>,
+    until: Option<tokio::time::Instant>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let backlog = stream::iter(sub.backlog.into_iter().map(|e| Ok(to_event(e))));
-    let live = stream::unfold((sub.live, stop), |(mut rx, mut stop)| async move {
+    let live = stream::unfold((sub.live, stop), move |(mut rx, mut stop)| async move {
         if *stop.borrow() {
             return None;
         }
+        let end = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(end);
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
                     Ok(e) => return Some((Ok(to_event(e)), (rx, stop))),
-                    // Fell behind the ring: end the stream; the client reconnects with
-                    // Last-Event-ID and catches up from the ring.
                     Err(_) => return None,
                 },
                 changed = stop.changed() => {
@@ -251,6 +260,7 @@ fn sse_events(
                         return None;
                     }
                 }
+                _ = &mut end => return None,
             }
         }
     });

@@ -34,7 +34,7 @@
 mod adoption;
 pub mod auth;
 pub mod error;
-mod handlers;
+pub(crate) mod handlers;
 pub mod metrics;
 pub mod openapi;
 

@@ -485,29 +485,7 @@ mod e2e {
         buf: &mut String,
         within: Duration,
     ) -> Option<(String, Value)> {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let (mut ev, mut data) = (String::new(), String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
-                }
-                if ev.is_empty() {
-                    continue;
-                }
-                return Some((ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
-            }
-            let left = until.checked_duration_since(Instant::now())?;
-            match tokio::time::timeout(left, resp.chunk()).await {
-                Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
-                _ => return None,
-            }
-        }
+        crate::support::next_event(resp, buf, within).await.map(|(ev, _, data)| (ev, data))
     }
 
     pub(crate) async fn open_stream(base: &str, conv: &str) -> reqwest::Response {

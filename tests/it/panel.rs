@@ -17,6 +17,8 @@ use gc_assist::store::{EngagementKind, EngagementRow, Store, StoreOptions, Syste
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::support::next_event;
+
 pub const INJECTOR: &str = "panel-test-injector";
 const HOOK: &str = "https://kb.example/hooks/gc-assist";
 
@@ -178,35 +180,6 @@ async fn open_stream(base: &str, conv: &str, session: &str, last: Option<u64>) -
         r = r.header("last-event-id", l.to_string());
     }
     r.send().await.unwrap()
-}
-
-/// The next SSE frame that is not a keep-alive: (event, id, data).
-async fn next_event(resp: &mut reqwest::Response, buf: &mut String, within: Duration) -> Option<(String, u64, Value)> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let (mut ev, mut id, mut data) = (String::new(), 0, String::new());
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    ev = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().unwrap_or(0);
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if ev.is_empty() {
-                continue;
-            }
-            return Some((ev, id, serde_json::from_str(&data).unwrap_or(Value::Null)));
-        }
-        let left = until.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, resp.chunk()).await {
-            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
-            _ => return None,
-        }
-    }
 }
 
 async fn engage(base: &str, session: &str, id: &str, body: Value) -> (u16, Value) {

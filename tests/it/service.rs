@@ -14,7 +14,7 @@ use gc_assist::store::{Store, StoreOptions, SystemClock};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::support;
+use crate::support::{self, next_event};
 
 const INJECTOR: &str = "test-injector-key";
 const ADMIN: &str = "test-admin-key";
@@ -124,35 +124,6 @@ async fn wait_status(base: &str, id: &str, want: &str, within: Duration) {
         }
         assert!(Instant::now() < until, "injection {id} is {s}, expected {want}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Reads SSE frames until `pred` matches one; returns (event, id, data).
-async fn next_event(resp: &mut reqwest::Response, buf: &mut String, within: Duration) -> Option<(String, u64, Value)> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let (mut ev, mut id, mut data) = (String::new(), 0, String::new());
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    ev = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().unwrap_or(0);
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if ev.is_empty() {
-                continue; // keep-alive comment
-            }
-            return Some((ev, id, serde_json::from_str(&data).unwrap_or(Value::Null)));
-        }
-        let left = until.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, resp.chunk()).await {
-            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
-            _ => return None,
-        }
     }
 }
 

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Path of the built `gc-assist` binary.
 pub fn bin() -> PathBuf {
@@ -51,4 +54,37 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The next SSE frame that is not a keep-alive: (event, id, data); None after `within`.
+pub async fn next_event(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    within: Duration,
+) -> Option<(String, u64, Value)> {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let (mut ev, mut id, mut data) = (String::new(), 0, String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().unwrap_or(0);
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if ev.is_empty() {
+                continue; // keep-alive comment
+            }
+            return Some((ev, id, serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+        let left = until.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            _ => return None,
+        }
+    }
 }
