@@ -39,6 +39,7 @@ pub mod clock;
 pub mod model;
 mod ops;
 mod read;
+pub mod rollup;
 mod writer;
 
 use std::fmt;
