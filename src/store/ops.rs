@@ -502,7 +502,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     /// Adds the buffered engagement events to the rollup (before they are inserted, in the
     /// same transaction, so the rollup always matches the events).
     async fn flush_rollup(&mut self) -> Result<(), StoreError> {
-        super::rollup::write(self.conn, &self.engagements).await
+        super::rollup::add_events(self.conn, &self.engagements).await
     }
 
     async fn flush_engagements(&mut self) -> Result<(), StoreError> {

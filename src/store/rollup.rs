@@ -191,9 +191,9 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Adds `rows` to the rollup on the writer's connection, inside its transaction: one upsert
-/// per touched row, in multi-row statements.
-pub(super) async fn write(conn: &mut SqliteConnection, rows: &[&EngagementRow]) -> Result<(), StoreError> {
+/// Adds `rows` to the rollup on `conn`, inside the caller's transaction (the writer's, with
+/// the events themselves): one upsert per touched rollup row, in multi-row statements.
+pub async fn add_events(conn: &mut SqliteConnection, rows: &[&EngagementRow]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }

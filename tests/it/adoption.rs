@@ -415,9 +415,10 @@ async fn html_report_renders_in_chromium_with_its_charts() {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} missing from the rendered DOM");
     }
     assert!(dom.matches("<svg").count() >= 4, "{dom}");
-    // Bars were drawn: two days of shown/clicked, two prompts, two agents.
+    // Bars were drawn: two days of shown/clicked, two prompts, two agents and the unknown one.
     assert!(dom.matches("class=\"bar shown\"").count() == 2, "{dom}");
-    assert!(dom.contains("A2: adoption 50.0% of 2 shown"), "{dom}");
+    assert!(dom.contains("A2: adoption 0.0% of 1 shown"), "{dom}");
+    assert!(dom.contains("(none): adoption 100.0% of 1 shown"), "{dom}");
     assert!(!dom.contains("<script"), "the report carries no script");
 }
 
