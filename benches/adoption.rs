@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 use divan::{black_box, Bencher};
 use gc_assist::adoption::{self, metrics, AdoptionQuery, GroupBy};
 use gc_assist::store::{rollup, EngagementKind, EngagementRow, Store, StoreOptions};
-use sqlx::Connection;
 use sqlx::ConnectOptions;
+use sqlx::Connection;
 use uuid::Uuid;
 
 /// 2026-03-01T00:00:00Z; events spread over 30 days from here.

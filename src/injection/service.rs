@@ -279,7 +279,7 @@ struct Inner {
     /// Each conversation's agent (Genesys user id) once known, with when it was last heard
     /// of: stamped on the engagement rows written from then on (see [`Service::note_agent`]).
     /// The second field is when the map was last pruned.
-    agents: Mutex<(HashMap<Uuid, (String, i64)>, i64)>,
+    agents: Mutex<(KnownAgents, i64)>,
     timers: Mutex<BinaryHeap<Reverse<(u64, Uuid)>>>,
     wake: Notify,
     closed: AtomicBool,
@@ -293,6 +293,9 @@ struct Inner {
     /// The timer and channel worker, awaited by [`Service::drained`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// Conversation → (its agent's user id, when last heard of, epoch ms).
+type KnownAgents = HashMap<Uuid, (String, i64)>;
 
 /// Conversations' agents are pruned when this many are remembered ...
 const AGENTS_PRUNE_AT: usize = 10_000;
