@@ -253,6 +253,12 @@ pub async fn rebuild(path: &Path) -> Result<u64, StoreError> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+// Both in primary-key order, so neither sorts (a test checks the plans).
+const READ_CELLS: &str = "SELECT bucket, key, shown, viewed, clicked, dismissed, expired, feedback, quick_dismissed, \
+     feedback_up, feedback_down FROM engagement_rollup WHERE dim = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, key";
+const READ_CLICKS: &str = "SELECT bucket, key, slot, n FROM engagement_rollup_clicks \
+     WHERE dim = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, key, slot";
+
 /// The read side.
 impl super::Store {
     /// The rollup rows of one dimension for buckets `from_bucket <= bucket < to_bucket`
@@ -265,22 +271,18 @@ impl super::Store {
     ) -> Result<Vec<RollupCell>, StoreError> {
         // One read transaction: the counts and the histograms are the same snapshot.
         let mut tx = self.inner.read.begin().await.map_err(db_err("starting a read"))?;
-        let rows = sqlx::query(
-            "SELECT bucket, key, shown, viewed, clicked, dismissed, expired, feedback, quick_dismissed, feedback_up, \
-             feedback_down FROM engagement_rollup WHERE dim = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, key",
-        )
-        .bind(dim as i64)
-        .bind(from_bucket)
-        .bind(to_bucket)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("reading the engagement rollup"))?;
+        let rows = sqlx::query(READ_CELLS)
+            .bind(dim as i64)
+            .bind(from_bucket)
+            .bind(to_bucket)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("reading the engagement rollup"))?;
         let count = |row: &sqlx::sqlite::SqliteRow, i: usize| -> Result<u64, StoreError> {
             let v: i64 = row.try_get(i).map_err(db_err("decoding a rollup row"))?;
             u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a rollup count is negative ({v})")))
         };
-        let mut out = Vec::with_capacity(rows.len());
-        let mut index: HashMap<(i64, String), usize> = HashMap::with_capacity(rows.len());
+        let mut out: Vec<RollupCell> = Vec::with_capacity(rows.len());
         for row in &rows {
             let bucket: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
             let key: String = row.try_get(1).map_err(db_err("decoding a rollup row"))?;
@@ -291,31 +293,38 @@ impl super::Store {
             c.quick_dismissed = count(row, 8)?;
             c.feedback_up = count(row, 9)?;
             c.feedback_down = count(row, 10)?;
-            index.insert((bucket, key.clone()), out.len());
             out.push(RollupCell { bucket, key, counts: c, clicks: Vec::new() });
         }
-        let clicks = sqlx::query(
-            "SELECT bucket, key, slot, n FROM engagement_rollup_clicks WHERE dim = ? AND bucket >= ? AND bucket < ?",
-        )
-        .bind(dim as i64)
-        .bind(from_bucket)
-        .bind(to_bucket)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("reading the engagement rollup's click times"))?;
+        let clicks = sqlx::query(READ_CLICKS)
+            .bind(dim as i64)
+            .bind(from_bucket)
+            .bind(to_bucket)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("reading the engagement rollup's click times"))?;
+        let mut i = 0;
         for row in &clicks {
             let bucket: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
-            let key: String = row.try_get(1).map_err(db_err("decoding a rollup row"))?;
+            let key: &str = row.try_get(1).map_err(db_err("decoding a rollup row"))?;
             let slot: i64 = row.try_get(2).map_err(db_err("decoding a rollup row"))?;
             let slot = u16::try_from(slot)
                 .ok()
                 .filter(|s| *s < CLICK_SLOTS)
                 .ok_or_else(|| StoreError::Corrupt(format!("a click-time slot {slot} is out of range")))?;
             let n = count(row, 3)?;
-            let i = index.get(&(bucket, key)).copied().ok_or_else(|| {
-                StoreError::Corrupt("the rollup has click times for a bucket it has no counts for".into())
-            })?;
-            out[i].clicks.push((slot, n));
+            // Both reads are in primary-key order (SQLite's binary collation is byte order,
+            // as Rust's): walk the cells forward to this one.
+            while i < out.len() && (out[i].bucket, out[i].key.as_str()) < (bucket, key) {
+                i += 1;
+            }
+            match out.get_mut(i) {
+                Some(c) if c.bucket == bucket && c.key == key => c.clicks.push((slot, n)),
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "the rollup has click times for a bucket it has no counts for".into(),
+                    ))
+                }
+            }
         }
         Ok(out)
     }
@@ -350,6 +359,27 @@ mod tests {
         // The bounds the migration's table holds.
         assert_eq!((slot_lo(31), slot_lo(32), slot_lo(47), slot_lo(48)), (31, 32, 62, 64));
         assert_eq!(click_slot(10_000), 163);
+    }
+
+    #[tokio::test]
+    async fn reads_are_primary_key_ranges_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(&dir.path().join("plan.db"), Default::default()).await.unwrap();
+        for sql in [READ_CELLS, READ_CLICKS] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")).fetch_all(&store.inner.read).await.unwrap();
+            let text: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(text.iter().any(|t| t.contains("PRIMARY KEY (dim=? AND bucket>? AND bucket<?)")), "{text:?}");
+            assert!(!text.iter().any(|t| t.contains("TEMP B-TREE")), "{sql}: {text:?}");
+        }
+        // The migration's slot table is the one Rust computes.
+        let slots: Vec<(i64, i64)> = sqlx::query_as("SELECT lo, slot FROM engagement_click_slots ORDER BY slot")
+            .fetch_all(&store.inner.read)
+            .await
+            .unwrap();
+        let want: Vec<(i64, i64)> = (0..CLICK_SLOTS).map(|s| (slot_lo(s), i64::from(s))).collect();
+        assert_eq!(slots, want);
+        store.close().await.unwrap();
     }
 
     fn ev(kind: EngagementKind, at: i64, shown_at: Option<i64>, agent: Option<&str>) -> EngagementRow {
