@@ -24,7 +24,8 @@ CREATE TABLE engagement_rollup (
     quick_dismissed INTEGER NOT NULL,              -- dismissed within 2 s of being shown
     feedback_up     INTEGER NOT NULL,
     feedback_down   INTEGER NOT NULL,
-    PRIMARY KEY (dim, bucket, key)
+    -- Key before bucket: a report sums each key over its buckets in one index-ordered pass.
+    PRIMARY KEY (dim, key, bucket)
 ) WITHOUT ROWID;
 
 -- Time to click as a log-scale histogram: `slot` per store::rollup::click_slot (0..31 exact
@@ -35,7 +36,7 @@ CREATE TABLE engagement_rollup_clicks (
     key    TEXT    NOT NULL,
     slot   INTEGER NOT NULL,
     n      INTEGER NOT NULL,
-    PRIMARY KEY (dim, bucket, key, slot)
+    PRIMARY KEY (dim, key, slot, bucket)
 ) WITHOUT ROWID;
 
 -- The slots' lower bounds (ms), so SQL can bucket click times as Rust does (a test holds

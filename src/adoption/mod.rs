@@ -223,9 +223,8 @@ pub async fn fold_from_rollup(store: &Store, q: &AdoptionQuery) -> Result<Folded
     store.engagement_events(last, q.to, |row| f.push(row)).await?;
     let mut out = f.finish();
     let by_day = q.group_by.contains(&GroupBy::Day);
-    for c in store.rollup_cells(RollupDim::Total, first, last).await? {
+    for (day, c) in store.rollup_by_day(first, last, q.offset_ms()).await? {
         add_rollup(&mut out.total, &c);
-        let day = q.day_of(c.bucket);
         add_rollup(out.daily.entry(day).or_default(), &c);
         if by_day {
             let days = out.groups.entry(GroupBy::Day).or_default();
@@ -234,7 +233,7 @@ pub async fn fold_from_rollup(store: &Store, q: &AdoptionQuery) -> Result<Folded
     }
     for g in q.group_by.iter().copied() {
         let Some(dim) = rollup_dim(g) else { continue };
-        let cells = store.rollup_cells(dim, first, last).await?;
+        let cells = store.rollup_by_key(dim, first, last).await?;
         let groups = out.groups.entry(g).or_default();
         for c in &cells {
             let key = if c.key.is_empty() { metrics::UNKNOWN } else { c.key.as_str() };

@@ -125,10 +125,10 @@ impl RollupCounts {
     }
 }
 
-/// One rollup row as read back, with its click-time histogram (slot, count).
+/// Rollup rows summed over an interval's buckets for one key (or one day), with the
+/// click-time histogram (slot, count).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupCell {
-    pub bucket: i64,
     pub key: String,
     pub counts: RollupCounts,
     pub clicks: Vec<(u16, u64)>,
@@ -170,7 +170,7 @@ const CHUNK: usize = 64;
 const UPSERT_CELLS: (&str, &str) = (
     "INSERT INTO engagement_rollup (dim, bucket, key, shown, viewed, clicked, dismissed, expired, feedback, \
      quick_dismissed, feedback_up, feedback_down) VALUES ",
-    " ON CONFLICT (dim, bucket, key) DO UPDATE SET shown = shown + excluded.shown, \
+    " ON CONFLICT (dim, key, bucket) DO UPDATE SET shown = shown + excluded.shown, \
      viewed = viewed + excluded.viewed, clicked = clicked + excluded.clicked, \
      dismissed = dismissed + excluded.dismissed, expired = expired + excluded.expired, \
      feedback = feedback + excluded.feedback, quick_dismissed = quick_dismissed + excluded.quick_dismissed, \
@@ -179,7 +179,7 @@ const UPSERT_CELLS: (&str, &str) = (
 
 const UPSERT_CLICKS: (&str, &str) = (
     "INSERT INTO engagement_rollup_clicks (dim, bucket, key, slot, n) VALUES ",
-    " ON CONFLICT (dim, bucket, key, slot) DO UPDATE SET n = n + excluded.n",
+    " ON CONFLICT (dim, key, slot, bucket) DO UPDATE SET n = n + excluded.n",
 );
 
 fn values(cols: usize, rows: usize) -> String {
@@ -253,17 +253,68 @@ pub async fn rebuild(path: &Path) -> Result<u64, StoreError> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-// Both in primary-key order, so neither sorts (a test checks the plans).
-const READ_CELLS: &str = "SELECT bucket, key, shown, viewed, clicked, dismissed, expired, feedback, quick_dismissed, \
-     feedback_up, feedback_down FROM engagement_rollup WHERE dim = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, key";
-const READ_CLICKS: &str = "SELECT bucket, key, slot, n FROM engagement_rollup_clicks \
-     WHERE dim = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, key, slot";
+// Per key: the primary key's order (dim, key, ...), so SQLite sums each key in one pass
+// without a sort (a test checks the plans).
+const SUMS: &str = "sum(shown), sum(viewed), sum(clicked), sum(dismissed), sum(expired), sum(feedback), \
+     sum(quick_dismissed), sum(feedback_up), sum(feedback_down)";
+const BY_KEY: (&str, &str) = (
+    "SELECT key, ",
+    " FROM engagement_rollup WHERE dim = ?1 AND bucket >= ?2 AND bucket < ?3 GROUP BY key ORDER BY key",
+);
+const CLICKS_BY_KEY: &str = "SELECT key, slot, sum(n) FROM engagement_rollup_clicks \
+     WHERE dim = ?1 AND bucket >= ?2 AND bucket < ?3 GROUP BY key, slot ORDER BY key, slot";
+// Per day at offset ?3 (floor division): the total's buckets, a few thousand a month.
+const DAY: &str = "((bucket + ?3) - (((bucket + ?3) % 86400000) + 86400000) % 86400000) / 86400000";
+
+fn sums(row: &sqlx::sqlite::SqliteRow, first: usize) -> Result<RollupCounts, StoreError> {
+    let count = |i: usize| -> Result<u64, StoreError> {
+        let v: i64 = row.try_get(i).map_err(db_err("decoding a rollup row"))?;
+        u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a rollup count is negative ({v})")))
+    };
+    let mut c = RollupCounts::default();
+    for (i, k) in c.kinds.iter_mut().enumerate() {
+        *k = count(first + i)?;
+    }
+    c.quick_dismissed = count(first + 6)?;
+    c.feedback_up = count(first + 7)?;
+    c.feedback_down = count(first + 8)?;
+    Ok(c)
+}
+
+/// Puts each (group, slot, n) row on its cell; both lists are in group order.
+fn attach_clicks<G: PartialOrd + Copy>(
+    cells: &mut [(G, RollupCell)],
+    clicks: impl IntoIterator<Item = (G, u16, u64)>,
+) -> Result<(), StoreError> {
+    let mut i = 0;
+    for (g, slot, n) in clicks {
+        while i < cells.len() && cells[i].0 < g {
+            i += 1;
+        }
+        match cells.get_mut(i) {
+            Some((cg, c)) if *cg == g => c.clicks.push((slot, n)),
+            _ => return Err(StoreError::Corrupt("the rollup has click times for a cell it has no counts for".into())),
+        }
+    }
+    Ok(())
+}
+
+fn slot_of(v: i64) -> Result<u16, StoreError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|s| *s < CLICK_SLOTS)
+        .ok_or_else(|| StoreError::Corrupt(format!("a click-time slot {v} is out of range")))
+}
+
+fn count_of(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a rollup count is negative ({v})")))
+}
 
 /// The read side.
 impl super::Store {
-    /// The rollup rows of one dimension for buckets `from_bucket <= bucket < to_bucket`
-    /// (epoch ms, multiples of [`BUCKET_MS`]), each with its click-time histogram.
-    pub async fn rollup_cells(
+    /// One dimension's rollup summed per key over buckets `from_bucket <= bucket < to_bucket`
+    /// (epoch ms, multiples of [`BUCKET_MS`]), in key order, each with its click histogram.
+    pub async fn rollup_by_key(
         &self,
         dim: RollupDim,
         from_bucket: i64,
@@ -271,62 +322,84 @@ impl super::Store {
     ) -> Result<Vec<RollupCell>, StoreError> {
         // One read transaction: the counts and the histograms are the same snapshot.
         let mut tx = self.inner.read.begin().await.map_err(db_err("starting a read"))?;
-        let rows = sqlx::query(READ_CELLS)
+        let rows = sqlx::query(&format!("{}{SUMS}{}", BY_KEY.0, BY_KEY.1))
             .bind(dim as i64)
             .bind(from_bucket)
             .bind(to_bucket)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err("reading the engagement rollup"))?;
-        let count = |row: &sqlx::sqlite::SqliteRow, i: usize| -> Result<u64, StoreError> {
-            let v: i64 = row.try_get(i).map_err(db_err("decoding a rollup row"))?;
-            u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a rollup count is negative ({v})")))
-        };
-        let mut out: Vec<RollupCell> = Vec::with_capacity(rows.len());
+        let mut cells = Vec::with_capacity(rows.len());
         for row in &rows {
-            let bucket: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
-            let key: String = row.try_get(1).map_err(db_err("decoding a rollup row"))?;
-            let mut c = RollupCounts::default();
-            for (i, k) in c.kinds.iter_mut().enumerate() {
-                *k = count(row, 2 + i)?;
-            }
-            c.quick_dismissed = count(row, 8)?;
-            c.feedback_up = count(row, 9)?;
-            c.feedback_down = count(row, 10)?;
-            out.push(RollupCell { bucket, key, counts: c, clicks: Vec::new() });
+            let key: String = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
+            cells.push((cells.len(), RollupCell { key, counts: sums(row, 1)?, clicks: Vec::new() }));
         }
-        let clicks = sqlx::query(READ_CLICKS)
+        let clicks = sqlx::query(CLICKS_BY_KEY)
             .bind(dim as i64)
             .bind(from_bucket)
             .bind(to_bucket)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err("reading the engagement rollup's click times"))?;
+        // Keys compare as SQLite's binary collation does (byte order, as Rust's str).
         let mut i = 0;
+        let mut by_index = Vec::with_capacity(clicks.len());
         for row in &clicks {
-            let bucket: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
-            let key: &str = row.try_get(1).map_err(db_err("decoding a rollup row"))?;
-            let slot: i64 = row.try_get(2).map_err(db_err("decoding a rollup row"))?;
-            let slot = u16::try_from(slot)
-                .ok()
-                .filter(|s| *s < CLICK_SLOTS)
-                .ok_or_else(|| StoreError::Corrupt(format!("a click-time slot {slot} is out of range")))?;
-            let n = count(row, 3)?;
-            // Both reads are in primary-key order (SQLite's binary collation is byte order,
-            // as Rust's): walk the cells forward to this one.
-            while i < out.len() && (out[i].bucket, out[i].key.as_str()) < (bucket, key) {
+            let key: &str = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
+            while i < cells.len() && cells[i].1.key.as_str() < key {
                 i += 1;
             }
-            match out.get_mut(i) {
-                Some(c) if c.bucket == bucket && c.key == key => c.clicks.push((slot, n)),
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        "the rollup has click times for a bucket it has no counts for".into(),
-                    ))
-                }
-            }
+            let slot = slot_of(row.try_get(1).map_err(db_err("decoding a rollup row"))?)?;
+            let n = count_of(row.try_get(2).map_err(db_err("decoding a rollup row"))?)?;
+            let at = if cells.get(i).is_some_and(|c| c.1.key == key) { i } else { usize::MAX };
+            by_index.push((at, slot, n));
         }
-        Ok(out)
+        attach_clicks(&mut cells, by_index)?;
+        Ok(cells.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// The total summed per day (day numbers at UTC offset `offset_ms`, a multiple of
+    /// [`BUCKET_MS`]) over buckets `from_bucket <= bucket < to_bucket`, in day order.
+    pub async fn rollup_by_day(
+        &self,
+        from_bucket: i64,
+        to_bucket: i64,
+        offset_ms: i64,
+    ) -> Result<Vec<(i64, RollupCell)>, StoreError> {
+        let mut tx = self.inner.read.begin().await.map_err(db_err("starting a read"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DAY} AS d, {SUMS} FROM engagement_rollup WHERE dim = 0 AND key = '' AND bucket >= ?1 \
+             AND bucket < ?2 GROUP BY d ORDER BY d"
+        ))
+        .bind(from_bucket)
+        .bind(to_bucket)
+        .bind(offset_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("reading the engagement rollup"))?;
+        let mut cells = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let day: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
+            cells.push((day, RollupCell { key: String::new(), counts: sums(row, 1)?, clicks: Vec::new() }));
+        }
+        let clicks = sqlx::query(&format!(
+            "SELECT {DAY} AS d, slot, sum(n) FROM engagement_rollup_clicks WHERE dim = 0 AND key = '' \
+             AND bucket >= ?1 AND bucket < ?2 GROUP BY d, slot ORDER BY d, slot"
+        ))
+        .bind(from_bucket)
+        .bind(to_bucket)
+        .bind(offset_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("reading the engagement rollup's click times"))?;
+        let mut by_day = Vec::with_capacity(clicks.len());
+        for row in &clicks {
+            let day: i64 = row.try_get(0).map_err(db_err("decoding a rollup row"))?;
+            let slot = slot_of(row.try_get(1).map_err(db_err("decoding a rollup row"))?)?;
+            by_day.push((day, slot, count_of(row.try_get(2).map_err(db_err("decoding a rollup row"))?)?));
+        }
+        attach_clicks(&mut cells, by_day)?;
+        Ok(cells)
     }
 }
 
@@ -362,14 +435,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_are_primary_key_ranges_without_a_sort() {
+    async fn per_key_reads_sum_in_primary_key_order_without_a_sort() {
         let dir = tempfile::tempdir().unwrap();
         let store = super::super::Store::open(&dir.path().join("plan.db"), Default::default()).await.unwrap();
-        for sql in [READ_CELLS, READ_CLICKS] {
+        for sql in [format!("{}{SUMS}{}", BY_KEY.0, BY_KEY.1), CLICKS_BY_KEY.to_string()] {
             let plan: Vec<(i64, i64, i64, String)> =
                 sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")).fetch_all(&store.inner.read).await.unwrap();
             let text: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
-            assert!(text.iter().any(|t| t.contains("PRIMARY KEY (dim=? AND bucket>? AND bucket<?)")), "{text:?}");
+            assert!(text.iter().any(|t| t.contains("PRIMARY KEY (dim=?)")), "{text:?}");
             assert!(!text.iter().any(|t| t.contains("TEMP B-TREE")), "{sql}: {text:?}");
         }
         // The migration's slot table is the one Rust computes.
