@@ -1,19 +1,23 @@
 //! Adoption over many engagement events (issue 6: 10,000,000 events, goal under 2 s),
 //! each path beside the baselines measured in the same run on the same database:
-//! `SELECT count(*)` over the interval (the floor of any scan), the SQL GROUP BY path the
-//! CLI and API use, and the reference fold streaming every row out of SQLite.
+//! `SELECT count(*)` over the interval (the floor of any scan), the report from the
+//! engagement rollup (what the CLI and API run), the earlier SQL GROUP BY scan and the
+//! reference fold streaming rows out of SQLite (both over one day of events: they take
+//! tens of seconds over all of them), and the writer's cost of keeping the rollup.
 //!
 //! Run: `cargo bench --bench adoption`. `GC_ASSIST_BENCH_ADOPTION_ROWS` sets the event count
 //! (default 10,000,000); the database is built once per run in a temporary directory
-//! (about 2 GB at 10 M rows) and removed at the end.
+//! (about 2.5 GB at 10 M rows) and removed at the end: the raw events by one SQL statement,
+//! then the rollup rebuilt from them (the migration's backfill), each timed on stderr.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use divan::{black_box, Bencher};
 use gc_assist::adoption::{self, metrics, AdoptionQuery, GroupBy};
-use gc_assist::store::{EngagementKind, EngagementRow, Store, StoreOptions};
+use gc_assist::store::{rollup, EngagementKind, EngagementRow, Store, StoreOptions};
 use sqlx::ConnectOptions;
+use sqlx::Connection;
 use uuid::Uuid;
 
 /// 2026-03-01T00:00:00Z; events spread over 30 days from here.
@@ -73,8 +77,11 @@ fn fixture() -> &'static Fixture {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
             sqlx::query("PRAGMA synchronous = OFF").execute(&mut conn).await.unwrap();
             sqlx::query(&sql).execute(&mut conn).await.unwrap();
-            drop(conn);
+            conn.close().await.unwrap();
             eprintln!("seeded {n} engagement events in {:.1} s", started.elapsed().as_secs_f64());
+            let started = std::time::Instant::now();
+            let cells = rollup::rebuild(&path).await.unwrap();
+            eprintln!("built the rollup ({cells} rows) in {:.1} s", started.elapsed().as_secs_f64());
             Store::open(&path, StoreOptions::default()).await.unwrap()
         });
         Fixture { rt, store, dir, rows: n }
@@ -96,35 +103,68 @@ fn baseline_count(b: Bencher) {
     });
 }
 
+fn event_total(r: &adoption::AdoptionReport) -> i64 {
+    let t = &r.totals;
+    (t.shown + t.viewed + t.clicked + t.dismissed + t.expired + t.feedback) as i64
+}
+
+/// The report from the rollup over all events: whole buckets only, then with partial
+/// buckets at both ends (raw rows folded for 2 × 15 min less 10 min).
 #[divan::bench(
-    name = "SQL GROUP BY path: totals + days",
-    args = ["none", "prompt", "agent"],
-    sample_count = 3,
+    name = "rollup (what the CLI and API run): totals + days",
+    args = ["none", "prompt", "agent", "day", "prompt,rule,queue,agent,day", "agent, partial edges"],
+    sample_count = 5,
     sample_size = 1
 )]
-fn sql_path(b: Bencher, by: &str) {
+fn rollup_path(b: Bencher, by: &str) {
     let f = fixture();
+    let edges = by.ends_with("partial edges");
+    let by = by.trim_end_matches(", partial edges");
     let g = if by == "none" { Vec::new() } else { GroupBy::parse_list(by).unwrap() };
-    let q = query(g);
+    let mut q = query(g);
+    if edges {
+        q.from += 7 * 60_000;
+        q.to = T0 + SPAN_MS - 3 * 60_000;
+    }
     b.bench(|| {
         let r = f.rt.block_on(adoption::compute(&f.store, &q)).unwrap();
-        assert_eq!(
-            (r.totals.shown
-                + r.totals.viewed
-                + r.totals.clicked
-                + r.totals.dismissed
-                + r.totals.expired
-                + r.totals.feedback) as i64,
-            f.rows
-        );
+        if !edges {
+            assert_eq!(event_total(&r), f.rows);
+        }
         black_box(r)
     });
 }
 
-#[divan::bench(name = "reference fold streamed from SQLite, by prompt", sample_count = 1, sample_size = 1)]
+/// One day of events (a thirtieth of them).
+fn one_day(group_by: Vec<GroupBy>) -> AdoptionQuery {
+    let utc = adoption::parse_tz("Z").unwrap();
+    AdoptionQuery::new(T0 + 86_400_000, T0 + 2 * 86_400_000, utc, group_by).unwrap()
+}
+
+#[divan::bench(name = "baseline: SELECT count(*) over one day", sample_count = 3, sample_size = 1)]
+fn baseline_count_day(b: Bencher) {
+    let f = fixture();
+    b.bench(|| black_box(f.rt.block_on(f.store.engagement_count(T0 + 86_400_000, T0 + 2 * 86_400_000)).unwrap()));
+}
+
+#[divan::bench(name = "SQL GROUP BY scan (the earlier path) over one day", args = ["prompt", "agent"], sample_count = 3, sample_size = 1)]
+fn scan_path(b: Bencher, by: &str) {
+    let f = fixture();
+    let q = one_day(GroupBy::parse_list(by).unwrap());
+    b.bench(|| black_box(f.rt.block_on(adoption::compute_by_scan(&f.store, &q)).unwrap()));
+}
+
+#[divan::bench(name = "rollup over one day", args = ["prompt", "agent"], sample_count = 3, sample_size = 1)]
+fn rollup_day(b: Bencher, by: &str) {
+    let f = fixture();
+    let q = one_day(GroupBy::parse_list(by).unwrap());
+    b.bench(|| black_box(f.rt.block_on(adoption::compute(&f.store, &q)).unwrap()));
+}
+
+#[divan::bench(name = "reference fold streamed from SQLite over one day, by prompt", sample_count = 1, sample_size = 1)]
 fn fold_streamed(b: Bencher) {
     let f = fixture();
-    let q = query(vec![GroupBy::Prompt]);
+    let q = one_day(vec![GroupBy::Prompt]);
     b.bench(|| black_box(f.rt.block_on(adoption::compute_by_fold(&f.store, &q)).unwrap()));
 }
 
@@ -153,4 +193,83 @@ fn fold_in_memory(b: Bencher) {
         })
         .collect();
     b.bench(|| black_box(metrics::fold(&q, rows.iter().cloned())));
+}
+
+/// Engagement events like the writer's: shown, then clicked 1.5 s later, spread over prompts
+/// and agents.
+fn writer_rows(n: usize, offset: i64) -> Vec<EngagementRow> {
+    (0..n as i64)
+        .map(|i| {
+            let inj = offset + i / 2;
+            let shown = T0 + inj * 1000;
+            EngagementRow {
+                injection_id: Uuid::from_u128(inj as u128),
+                conversation_id: Uuid::from_u128(inj as u128 / 4),
+                prompt_id: Uuid::from_u128((inj % 50) as u128),
+                rule_id: Some(format!("rule-{}", inj % 20)),
+                queue_id: Some(format!("queue-{}", inj % 12)),
+                agent_id: Some(format!("agent-{}", inj % 200)),
+                kind: if i % 2 == 0 { EngagementKind::Shown } else { EngagementKind::Clicked },
+                at: shown + (i % 2) * 1500,
+                shown_at: Some(shown),
+                rating: None,
+            }
+        })
+        .collect()
+}
+
+/// The writer's cost of the rollup: committing batches of engagement events on a database
+/// of their own, with only the events' INSERT (as before the rollup) and with the rollup's
+/// upserts too (as the writer now runs), each batch one transaction (WAL, synchronous NORMAL
+/// as the store opens it).
+#[divan::bench(
+    name = "writer: commit a batch of engagement events",
+    args = ["1 event, events only", "1 event, with rollup", "100 events, events only", "100 events, with rollup"],
+    sample_count = 5,
+    sample_size = 50
+)]
+fn writer_cost(b: Bencher, case: &str) {
+    let f = fixture();
+    let n: usize = if case.starts_with("100") { 100 } else { 1 };
+    let with_rollup = case.ends_with("with rollup");
+    let path = f.dir.join(format!("writer-{}.db", case.replace([' ', ','], "-")));
+    let mut conn = f.rt.block_on(async {
+        Store::open(&path, StoreOptions::default()).await.unwrap().close().await.unwrap();
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut conn).await.unwrap();
+        conn
+    });
+    let mut next = 0i64;
+    let sql = format!(
+        "INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, kind,          at, shown_at, rating) VALUES {}",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ")
+    );
+    b.bench_local(|| {
+        let rows = writer_rows(n, next);
+        next += n as i64;
+        f.rt.block_on(async {
+            let mut tx = conn.begin().await.unwrap();
+            if with_rollup {
+                let refs: Vec<&EngagementRow> = rows.iter().collect();
+                rollup::add_events(&mut tx, &refs).await.unwrap();
+            }
+            let mut q = sqlx::query(&sql);
+            for e in &rows {
+                q = q
+                    .bind(e.injection_id.hyphenated())
+                    .bind(e.conversation_id.hyphenated())
+                    .bind(e.prompt_id.hyphenated())
+                    .bind(e.rule_id.as_deref())
+                    .bind(e.queue_id.as_deref())
+                    .bind(e.agent_id.as_deref())
+                    .bind(e.kind.as_str())
+                    .bind(e.at)
+                    .bind(e.shown_at)
+                    .bind(e.rating.map(i64::from));
+            }
+            q.execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        });
+    });
 }

@@ -11,19 +11,20 @@
 //!   differences, from clock skew, are left out). Median and p90 use the nearest-rank method
 //!   (`sorted[ceil(p * n) - 1]`), so both are observed values.
 //! - "Dismissed within 2 s" counts `dismissed` events with `0 <= at - shown_at <= 2000`.
-//! - Queue and agent: a row that lacks them takes its injection's value from any other row
-//!   of the same injection in the interval (the largest, should rows disagree), because the
-//!   panel learns the agent only after the prompt was shown. Unresolved rows group under
-//!   [`UNKNOWN`].
+//! - Rule, queue and agent: each event counts under its own row's values; a missing or
+//!   empty one groups under [`UNKNOWN`]. The service stamps the conversation's agent on
+//!   every event once the agent is known (panel sign-in or an engagement from the panel), so
+//!   events before that, typically a `shown` before the agent opened the panel, count under
+//!   the unknown agent. The engagement rollup (`store::rollup`) keeps exactly these rules,
+//!   which is what lets it answer without looking at other rows.
 //!
 //! The accumulator keeps click times as a histogram (ms → count), so partial results merge
 //! exactly: the SQL path in `store::read` produces the same [`Acc`]s from GROUP BY rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::AdoptionError;
 use crate::store::{EngagementKind, EngagementRow};
@@ -31,7 +32,7 @@ use crate::store::{EngagementKind, EngagementRow};
 /// The group key of rows without a queue, agent or rule.
 pub const UNKNOWN: &str = "(none)";
 /// "Dismissed to clear the screen": within this long of being shown.
-pub const QUICK_DISMISS_MS: i64 = 2_000;
+pub const QUICK_DISMISS_MS: i64 = crate::store::rollup::QUICK_DISMISS_MS;
 const DAY_MS: i64 = 86_400_000;
 
 /// A dimension to group by.
@@ -253,34 +254,20 @@ pub struct Folded {
 pub struct Fold {
     q: AdoptionQuery,
     out: Folded,
-    /// Needed when grouping by queue or agent: each injection's largest known value.
-    known_queue: HashMap<Uuid, String>,
-    known_agent: HashMap<Uuid, String>,
-    /// Rows that lack a queue or agent someone groups by, resolved at the end.
-    stash: Vec<EngagementRow>,
-    by_queue: bool,
-    by_agent: bool,
 }
 
-fn keep_max(map: &mut HashMap<Uuid, String>, id: Uuid, v: &str) {
-    match map.get_mut(&id) {
-        Some(old) if old.as_str() >= v => {}
-        Some(old) => *old = v.to_string(),
-        None => {
-            map.insert(id, v.to_string());
-        }
-    }
+/// A group key from an optional id: missing or empty ids group under [`UNKNOWN`].
+fn key_or_unknown(v: &Option<String>) -> String {
+    v.as_deref().filter(|s| !s.is_empty()).unwrap_or(UNKNOWN).to_string()
 }
 
 impl Fold {
     pub fn new(q: AdoptionQuery) -> Fold {
-        let by_queue = q.group_by.contains(&GroupBy::Queue);
-        let by_agent = q.group_by.contains(&GroupBy::Agent);
         let mut out = Folded::default();
         for g in &q.group_by {
             out.groups.insert(*g, BTreeMap::new());
         }
-        Fold { q, out, known_queue: HashMap::new(), known_agent: HashMap::new(), stash: Vec::new(), by_queue, by_agent }
+        Fold { q, out }
     }
 
     /// Adds one event; events outside the interval are ignored.
@@ -288,46 +275,23 @@ impl Fold {
         if row.at < self.q.from || row.at >= self.q.to {
             return;
         }
-        if self.by_queue {
-            if let Some(v) = &row.queue_id {
-                keep_max(&mut self.known_queue, row.injection_id, v);
-            }
-        }
-        if self.by_agent {
-            if let Some(v) = &row.agent_id {
-                keep_max(&mut self.known_agent, row.injection_id, v);
-            }
-        }
-        if (self.by_queue && row.queue_id.is_none()) || (self.by_agent && row.agent_id.is_none()) {
-            self.stash.push(row);
-            return;
-        }
-        self.add(&row, row.queue_id.as_deref(), row.agent_id.as_deref());
-    }
-
-    fn add(&mut self, row: &EngagementRow, queue: Option<&str>, agent: Option<&str>) {
         let (kind, at, shown_at, rating) = (row.kind, row.at, row.shown_at, row.rating);
         self.out.total.add(kind, at, shown_at, rating);
         self.out.daily.entry(self.q.day_of(at)).or_default().add(kind, at, shown_at, rating);
         for (g, map) in self.out.groups.iter_mut() {
             let key = match g {
                 GroupBy::Prompt => row.prompt_id.hyphenated().to_string(),
-                GroupBy::Rule => row.rule_id.clone().unwrap_or_else(|| UNKNOWN.to_string()),
-                GroupBy::Queue => queue.unwrap_or(UNKNOWN).to_string(),
-                GroupBy::Agent => agent.unwrap_or(UNKNOWN).to_string(),
+                GroupBy::Rule => key_or_unknown(&row.rule_id),
+                GroupBy::Queue => key_or_unknown(&row.queue_id),
+                GroupBy::Agent => key_or_unknown(&row.agent_id),
                 GroupBy::Day => day_date(self.q.day_of(at)).to_string(),
             };
             map.entry(key).or_default().add(kind, at, shown_at, rating);
         }
     }
 
-    /// Resolves the stashed rows and returns the accumulators.
-    pub fn finish(mut self) -> Folded {
-        for row in std::mem::take(&mut self.stash) {
-            let queue = row.queue_id.clone().or_else(|| self.known_queue.get(&row.injection_id).cloned());
-            let agent = row.agent_id.clone().or_else(|| self.known_agent.get(&row.injection_id).cloned());
-            self.add(&row, queue.as_deref(), agent.as_deref());
-        }
+    /// The accumulators.
+    pub fn finish(self) -> Folded {
         self.out
     }
 }
@@ -344,6 +308,7 @@ pub fn fold(q: &AdoptionQuery, rows: impl IntoIterator<Item = EngagementRow>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     const H: i64 = 3_600_000;
     /// 2026-03-02T00:00:00Z.
@@ -478,29 +443,30 @@ mod tests {
     }
 
     #[test]
-    fn agent_and_queue_resolve_from_any_row_of_the_injection() {
+    fn each_event_counts_under_its_own_agent_and_queue() {
         let s = T0 + H;
+        // Shown before the agent was known; viewed and clicked after.
         let mut shown = row(1, 1, Shown, s, Some(s));
         shown.agent_id = None;
         shown.queue_id = None;
         let mut viewed = row(1, 1, Viewed, s + 1000, Some(s));
-        viewed.queue_id = None;
         viewed.agent_id = Some("agent-7".into());
         let mut clicked = row(1, 1, Clicked, s + 2000, Some(s));
-        clicked.agent_id = None;
+        clicked.agent_id = Some("agent-7".into());
         clicked.queue_id = Some("queue-3".into());
+        // An empty id is no id.
         let mut orphan = row(2, 1, Shown, s, Some(s));
-        orphan.agent_id = None;
-        orphan.queue_id = None;
+        orphan.agent_id = Some(String::new());
+        orphan.queue_id = Some(String::new());
         let out = fold(&q(vec![GroupBy::Agent, GroupBy::Queue]), vec![shown, viewed, clicked, orphan]);
-        let agents: Vec<(String, u64, u64)> = out.groups[&GroupBy::Agent]
+        let agents: Vec<(String, u64, u64, u64)> = out.groups[&GroupBy::Agent]
             .iter()
-            .map(|(k, a)| (k.clone(), a.figures().shown, a.figures().clicked))
+            .map(|(k, a)| (k.clone(), a.figures().shown, a.figures().viewed, a.figures().clicked))
             .collect();
-        assert_eq!(agents, vec![(UNKNOWN.into(), 1, 0), ("agent-7".into(), 1, 1)]);
+        assert_eq!(agents, vec![(UNKNOWN.into(), 2, 0, 0), ("agent-7".into(), 0, 1, 1)]);
         let queues: Vec<(String, u64)> =
             out.groups[&GroupBy::Queue].iter().map(|(k, a)| (k.clone(), a.figures().shown)).collect();
-        assert_eq!(queues, vec![(UNKNOWN.into(), 1), ("queue-3".into(), 1)]);
+        assert_eq!(queues, vec![(UNKNOWN.into(), 2), ("q1".into(), 0), ("queue-3".into(), 0)]);
         assert_eq!(out.total.figures().shown, 2);
     }
 

@@ -7,9 +7,15 @@
 //! - [`report`]: the report as a table, JSON, CSV, and a self-contained HTML page with
 //!   inline SVG charts (no script, no network).
 //!
-//! [`compute`] answers from SQL (one GROUP BY scan, see `Store::adoption_cells`), which is
-//! what the CLI and the API use; [`compute_by_fold`] streams the rows through the fold. A
-//! test holds both equal.
+//! [`compute`], what the CLI and the API use, answers from the engagement rollup
+//! (`store::rollup`: counts per 15-minute UTC bucket, kept by the writer with the events)
+//! for the whole buckets inside the interval, and folds the raw events only for the partial
+//! buckets at its two ends. Counts equal the reference fold exactly; median and p90 time to
+//! click come from the rollup's log-scale histogram, within 3.2 % ([`CLICK_RELATIVE_ERROR`])
+//! of the exact figure, and are exact when the interval holds no whole bucket.
+//! [`compute_by_fold`] streams every row through the reference fold; [`compute_by_scan`]
+//! is the earlier SQL GROUP BY scan over the raw events (a baseline). Tests hold all three
+//! equal.
 //!
 //! Time zones are fixed UTC offsets (`Z`, `UTC`, `+02:00`, `-0530`): named IANA zones would
 //! need a zone database dependency, and an offset states exactly where the day boundaries
@@ -29,7 +35,10 @@ pub use metrics::{AdoptionQuery, Figures, GroupBy};
 pub use report::AdoptionReport;
 
 use crate::genesys::GenesysError;
+use crate::store::rollup::{self, RollupCell, RollupDim, BUCKET_MS};
 use crate::store::{AdoptionDimension, EngagementKind, Store, StoreError};
+
+pub use crate::store::rollup::CLICK_RELATIVE_ERROR;
 use metrics::{day_date, kind_index, Acc, Folded};
 
 /// Why an adoption report could not be made.
@@ -175,6 +184,68 @@ pub async fn fold_streamed(store: &Store, q: &AdoptionQuery) -> Result<Folded, A
     Ok(f.finish())
 }
 
+/// Adds one rollup row to an accumulator: its click-time slots count at their middle value.
+fn add_rollup(acc: &mut Acc, c: &RollupCell) {
+    for (a, b) in acc.counts.iter_mut().zip(c.counts.kinds) {
+        *a += b;
+    }
+    acc.quick_dismiss += c.counts.quick_dismissed;
+    acc.feedback_positive += c.counts.feedback_up;
+    acc.feedback_negative += c.counts.feedback_down;
+    for (slot, n) in &c.clicks {
+        *acc.click_ms.entry(rollup::slot_value(*slot)).or_default() += n;
+    }
+}
+
+fn rollup_dim(g: GroupBy) -> Option<RollupDim> {
+    match g {
+        GroupBy::Prompt => Some(RollupDim::Prompt),
+        GroupBy::Rule => Some(RollupDim::Rule),
+        GroupBy::Queue => Some(RollupDim::Queue),
+        GroupBy::Agent => Some(RollupDim::Agent),
+        GroupBy::Day => None,
+    }
+}
+
+/// The accumulators from the rollup: whole 15-minute buckets inside `[from, to)` from
+/// `engagement_rollup`, the partial buckets at the two ends (at most 2 × 15 min of events)
+/// folded from the raw rows. An interval without a whole bucket is folded entirely (exact),
+/// and so is any interval for an offset that is not a multiple of 15 minutes.
+pub async fn fold_from_rollup(store: &Store, q: &AdoptionQuery) -> Result<Folded, AdoptionError> {
+    let first = rollup::bucket_of(q.from + BUCKET_MS - 1);
+    let last = rollup::bucket_of(q.to);
+    // Offsets off the quarter hour (no zone in use has one) split buckets between days.
+    if first >= last || q.offset_ms() % BUCKET_MS != 0 {
+        return fold_streamed(store, q).await;
+    }
+    let mut f = metrics::Fold::new(q.clone());
+    store.engagement_events(q.from, first, |row| f.push(row)).await?;
+    store.engagement_events(last, q.to, |row| f.push(row)).await?;
+    let mut out = f.finish();
+    let by_day = q.group_by.contains(&GroupBy::Day);
+    for (day, c) in store.rollup_by_day(first, last, q.offset_ms()).await? {
+        add_rollup(&mut out.total, &c);
+        add_rollup(out.daily.entry(day).or_default(), &c);
+        if by_day {
+            let days = out.groups.entry(GroupBy::Day).or_default();
+            add_rollup(days.entry(day_date(day).to_string()).or_default(), &c);
+        }
+    }
+    for g in q.group_by.iter().copied() {
+        let Some(dim) = rollup_dim(g) else { continue };
+        let cells = store.rollup_by_key(dim, first, last).await?;
+        let groups = out.groups.entry(g).or_default();
+        for c in &cells {
+            let key = if c.key.is_empty() { metrics::UNKNOWN } else { c.key.as_str() };
+            match groups.get_mut(key) {
+                Some(acc) => add_rollup(acc, c),
+                None => add_rollup(groups.entry(key.to_string()).or_default(), c),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Most prompts given their titles in one report (each is one indexed lookup).
 const MAX_TITLED_PROMPTS: usize = 200;
 
@@ -189,8 +260,17 @@ async fn label_prompts(store: &Store, q: &AdoptionQuery, r: &mut AdoptionReport)
     Ok(())
 }
 
-/// The adoption report (our prompts only) computed in SQL.
+/// The adoption report (our prompts only) from the engagement rollup (see the module docs
+/// for its precision).
 pub async fn compute(store: &Store, q: &AdoptionQuery) -> Result<AdoptionReport, AdoptionError> {
+    let mut r = AdoptionReport::new(q, &fold_from_rollup(store, q).await?);
+    label_prompts(store, q, &mut r).await?;
+    Ok(r)
+}
+
+/// The same report from one SQL GROUP BY scan of the raw events per grouping (exact; the
+/// baseline the rollup replaced, tens of seconds at 10 M events).
+pub async fn compute_by_scan(store: &Store, q: &AdoptionQuery) -> Result<AdoptionReport, AdoptionError> {
     let mut r = AdoptionReport::new(q, &fold_in_sql(store, q).await?);
     label_prompts(store, q, &mut r).await?;
     Ok(r)

@@ -55,7 +55,8 @@ pub struct Args {
     /// Intervals longer than this many days use a Copilot async job instead of the query.
     #[arg(long, default_value_t = 7)]
     pub copilot_sync_days: u32,
-    /// Compute through the reference fold over every row instead of SQL (slower; same figures).
+    /// Compute through the reference fold over every row instead of the rollup (slower; the
+    /// same counts, exact times to click).
     #[arg(long, hide = true)]
     pub reference: bool,
 }

@@ -303,6 +303,10 @@ struct Inner {
     ledgers: Mutex<HashMap<Uuid, ConvLedger>>,
     /// Live injections (armed, scheduled, queued, delivered), with their current status.
     live: Mutex<HashMap<Uuid, InjectionRow>>,
+    /// Each conversation's agent (Genesys user id) once known, with when it was last heard
+    /// of: stamped on the engagement rows written from then on (see [`Service::note_agent`]).
+    /// The second field is when the map was last pruned.
+    agents: Mutex<(KnownAgents, i64)>,
     timers: Mutex<BinaryHeap<Reverse<(u64, Uuid)>>>,
     wake: Notify,
     closed: AtomicBool,
@@ -317,6 +321,14 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     armed_changes: tokio::sync::broadcast::Sender<ArmedChange>,
 }
+
+/// Conversation → (its agent's user id, when last heard of, epoch ms).
+type KnownAgents = HashMap<Uuid, (String, i64)>;
+
+/// Conversations' agents are pruned when this many are remembered ...
+const AGENTS_PRUNE_AT: usize = 10_000;
+/// ... of those not heard of for this long (a day: longer than any conversation).
+const AGENT_MEMORY_MS: i64 = 86_400_000;
 
 fn rfc3339(ms: i64) -> String {
     participant_data::timestamp(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())
@@ -394,6 +406,7 @@ impl Service {
                 panel: PanelHub::new(),
                 ledgers: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
+                agents: Mutex::new((HashMap::new(), 0)),
                 timers: Mutex::new(BinaryHeap::new()),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -503,6 +516,39 @@ impl Service {
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, InjectionRow>> {
         self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers `agent_id` (the agent's Genesys user id) as the agent of a conversation:
+    /// engagement rows written from now on carry it, including the `shown` of prompts that
+    /// reach the screen later, so adoption counts them for that agent. Rows written before
+    /// the agent is known (typically a `shown` before the panel signed in) keep none and
+    /// count under the unknown agent. Called at panel sign-in and on every engagement the
+    /// panel reports; conversations not heard of for a day are forgotten.
+    pub fn note_agent(&self, conversation_id: Uuid, agent_id: &str) {
+        if agent_id.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let mut guard = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let (agents, pruned_at) = &mut *guard;
+        // At most once a minute, so a busy day with many conversations is no quadratic cost.
+        if agents.len() >= AGENTS_PRUNE_AT && now - *pruned_at >= 60_000 {
+            agents.retain(|_, (_, seen)| now - *seen < AGENT_MEMORY_MS);
+            *pruned_at = now;
+        }
+        agents.insert(conversation_id, (agent_id.to_string(), now));
+    }
+
+    /// Puts the agent on an engagement row: the one named for this action (remembered for
+    /// the conversation), else the row's own, else the conversation's known agent.
+    fn stamp_agent(&self, e: &mut EngagementRow, agent_id: Option<&str>) {
+        if let Some(a) = agent_id.filter(|a| !a.is_empty()) {
+            self.note_agent(e.conversation_id, a);
+            e.agent_id = Some(a.to_string());
+        } else if e.agent_id.as_deref().is_none_or(str::is_empty) {
+            let agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+            e.agent_id = agents.0.get(&e.conversation_id).map(|(a, _)| a.clone());
+        }
     }
 
     fn ledger_for(&self, conversation_id: Uuid) -> ConvLedger {
@@ -827,9 +873,7 @@ impl Service {
         if let Some(kind) = engagement_for(from, status) {
             let mut e = EngagementRow::of(&row, kind, at);
             e.shown_at = show_at.or(row.show_at);
-            if let Some(a) = agent_id {
-                e.agent_id = Some(a.to_string());
-            }
+            self.stamp_agent(&mut e, agent_id);
             ops.push(WriteOp::Engagement(e));
         }
         ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
@@ -1167,7 +1211,7 @@ impl Service {
         let audit = draft(&row, "viewed", actor, None);
         let outbox = self.outbox(&row, EVENT_VIEWED, ms_u64(since), now);
         let mut e = EngagementRow::of(&row, EngagementKind::Viewed, now);
-        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        self.stamp_agent(&mut e, agent_id);
         self.write(vec![WriteOp::RecordEvent { audit, outbox }, WriteOp::Engagement(e)]).await?;
         Ok(())
     }
@@ -1195,7 +1239,7 @@ impl Service {
         let now = self.now_ms();
         let audit = draft(&row, "feedback", actor, Some(if rating > 0 { "helpful" } else { "not_helpful" }));
         let mut e = EngagementRow::of(&row, EngagementKind::Feedback, now);
-        e.agent_id = agent_id.map(str::to_string).or(e.agent_id);
+        self.stamp_agent(&mut e, agent_id);
         e.rating = Some(rating);
         self.write(vec![WriteOp::RecordEvent { audit, outbox: Vec::new() }, WriteOp::Engagement(e)]).await?;
         Ok(())
@@ -1572,6 +1616,51 @@ mod tests {
             [
                 (a.injection_id, EngagementKind::Shown, T0 + 600, shown_at),
                 (a.injection_id, EngagementKind::Clicked, T0 + 600, shown_at)
+            ]
+        );
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_agent_once_known_is_stamped_on_later_engagement_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let conv = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        // Shown before anyone signed in: no agent.
+        let a = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        clock.advance(600);
+        svc.engage(a.injection_id, Engagement::Dismissed, "agent", Some("agent-1")).await.unwrap();
+        // Known from the engagement (as from a panel sign-in): the next prompt's shown and its
+        // click carry the agent though the click names none.
+        let b = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
+        clock.advance(600);
+        svc.engage(b.injection_id, Engagement::Clicked, "agent", None).await.unwrap();
+        // Another conversation's agent is its own; an empty id is no agent.
+        svc.note_agent(other, "");
+        let c = svc.accept(payload(other, 1, json!({})), meta()).await.unwrap();
+        clock.advance(600);
+        svc.engage(c.injection_id, Engagement::Clicked, "agent", None).await.unwrap();
+        svc.note_agent(other, "agent-2");
+        let d = svc.accept(payload(other, 1, json!({})), meta()).await.unwrap();
+        clock.advance(600);
+        svc.engage(d.injection_id, Engagement::Clicked, "agent", None).await.unwrap();
+        let mut seen = Vec::new();
+        store.engagement_events(0, i64::MAX, |e| seen.push((e.injection_id, e.kind, e.agent_id))).await.unwrap();
+        let agent = |s: &str| Some(s.to_string());
+        assert_eq!(
+            seen,
+            [
+                (a.injection_id, EngagementKind::Shown, None),
+                (a.injection_id, EngagementKind::Dismissed, agent("agent-1")),
+                (b.injection_id, EngagementKind::Shown, agent("agent-1")),
+                (b.injection_id, EngagementKind::Clicked, agent("agent-1")),
+                (c.injection_id, EngagementKind::Shown, None),
+                (c.injection_id, EngagementKind::Clicked, None),
+                (d.injection_id, EngagementKind::Shown, agent("agent-2")),
+                (d.injection_id, EngagementKind::Clicked, agent("agent-2")),
             ]
         );
         svc.shutdown();

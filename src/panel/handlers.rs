@@ -131,6 +131,8 @@ async fn sign_in(State(st): State<AppState>, headers: HeaderMap, body: axum::bod
         let now = st.service().now_ms();
         // The OS generator: session tokens are credentials (and it is Send across the await).
         let signed = st.panel().sign_in(&token, conv, now, &mut rand::rngs::OsRng).await?;
+        // From now on the conversation's engagement rows (its next `shown` too) name the agent.
+        st.service().note_agent(conv, &signed.scope.user_id);
         let secs = (signed.expires_at_ms - now).max(0) / 1000;
         Ok::<_, ApiError>(
             (

@@ -41,6 +41,7 @@ pub mod model;
 mod ops;
 mod raw_audit;
 mod read;
+pub mod rollup;
 mod writer;
 
 use std::fmt;

@@ -290,6 +290,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
                 self.engagements.push(e);
                 self.wrote = true;
                 if !self.bulk {
+                    self.flush_rollup().await?;
                     self.flush_engagements().await?;
                 }
                 Ok(1)
@@ -501,7 +502,14 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         self.flush_updates(!self.bulk).await?;
         self.flush_audit().await?;
         self.flush_outbox().await?;
+        self.flush_rollup().await?;
         self.flush_engagements().await
+    }
+
+    /// Adds the buffered engagement events to the rollup (before they are inserted, in the
+    /// same transaction, so the rollup always matches the events).
+    async fn flush_rollup(&mut self) -> Result<(), StoreError> {
+        super::rollup::add_events(self.conn, &self.engagements).await
     }
 
     async fn flush_engagements(&mut self) -> Result<(), StoreError> {

@@ -282,15 +282,15 @@ impl super::Store {
         Ok(n)
     }
 
-    /// Adoption counted in SQL (one indexed range scan, one GROUP BY): for `from <= at < to`,
-    /// one cell per (key, day, kind, detail) with its row count. `day` is the day number at
-    /// UTC offset `offset_ms` (floor of `(at + offset) / 1 day`). `detail` is what order
+    /// Adoption counted in SQL over the raw events (one indexed range scan, one GROUP BY):
+    /// for `from <= at < to`, one cell per (key, day, kind, detail) with its row count.
+    /// `day` is the day number at UTC offset `offset_ms` (floor of `(at + offset) / 1 day`). `detail` is what order
     /// statistics need: for `clicked`, the time to click in ms (absent without `shown_at` or
     /// when negative); for `dismissed`, 1 if within `quick_ms` of being shown, else 0; for
     /// `feedback`, the rating. The key is the `dimension` column (`prompt_id`, `rule_id`,
-    /// `queue_id`, `agent_id`) or none; a row lacking its queue or agent takes the largest
-    /// one of its injection's rows in the interval. `adoption::metrics` folds the same rules
-    /// and a test holds both paths equal.
+    /// `queue_id`, `agent_id`, an empty one read as none) or none. `adoption::metrics` folds
+    /// the same rules and a test holds both paths equal. This scan is the baseline the
+    /// engagement rollup (`store::rollup`) replaced for reports.
     pub async fn adoption_cells(
         &self,
         from: i64,
@@ -300,22 +300,12 @@ impl super::Store {
         dimension: Option<AdoptionDimension>,
     ) -> Result<Vec<AdoptionCell>, StoreError> {
         use futures::TryStreamExt;
-        let (key, join) = match dimension {
-            None => ("NULL", ""),
-            Some(AdoptionDimension::Prompt) => ("e.prompt_id", ""),
-            Some(AdoptionDimension::Rule) => ("e.rule_id", ""),
-            Some(AdoptionDimension::Queue) => (
-                "COALESCE(e.queue_id, w.v)",
-                "LEFT JOIN (SELECT injection_id, max(queue_id) AS v FROM engagement_events \
-                 WHERE at >= ?1 AND at < ?2 AND queue_id IS NOT NULL GROUP BY injection_id) w \
-                 ON e.queue_id IS NULL AND w.injection_id = e.injection_id",
-            ),
-            Some(AdoptionDimension::Agent) => (
-                "COALESCE(e.agent_id, w.v)",
-                "LEFT JOIN (SELECT injection_id, max(agent_id) AS v FROM engagement_events \
-                 WHERE at >= ?1 AND at < ?2 AND agent_id IS NOT NULL GROUP BY injection_id) w \
-                 ON e.agent_id IS NULL AND w.injection_id = e.injection_id",
-            ),
+        let key = match dimension {
+            None => "NULL",
+            Some(AdoptionDimension::Prompt) => "e.prompt_id",
+            Some(AdoptionDimension::Rule) => "NULLIF(e.rule_id, '')",
+            Some(AdoptionDimension::Queue) => "NULLIF(e.queue_id, '')",
+            Some(AdoptionDimension::Agent) => "NULLIF(e.agent_id, '')",
         };
         let sql = format!(
             "SELECT {key} AS k, ((e.at + ?3) - (((e.at + ?3) % 86400000) + 86400000) % 86400000) / 86400000 AS d, \
@@ -323,7 +313,7 @@ impl super::Store {
                WHEN 'clicked' THEN CASE WHEN e.shown_at IS NOT NULL AND e.at >= e.shown_at THEN e.at - e.shown_at END \
                WHEN 'dismissed' THEN (e.shown_at IS NOT NULL AND e.at >= e.shown_at AND e.at - e.shown_at <= ?4) \
                WHEN 'feedback' THEN e.rating END AS x, count(*) \
-             FROM engagement_events e {join} WHERE e.at >= ?1 AND e.at < ?2 GROUP BY k, d, e.kind, x"
+             FROM engagement_events e WHERE e.at >= ?1 AND e.at < ?2 GROUP BY k, d, e.kind, x"
         );
         let mut rows = sqlx::query(&sql).bind(from).bind(to).bind(offset_ms).bind(quick_ms).fetch(self.pool());
         let mut out = Vec::new();

@@ -1,5 +1,5 @@
-//! Adoption analytics end to end: the SQL path against the reference fold, the CLI over a
-//! real SQLite file seeded through `WriteOp::Engagement`, `GET /v1/adoption` and the
+//! Adoption analytics end to end: the rollup and the SQL scan against the reference fold,
+//! the CLI over a real SQLite file seeded through `WriteOp::Engagement`, `GET /v1/adoption` and the
 //! dashboard, Copilot job paging through the emulator with a fault mid-way and a resume,
 //! and the HTML report rendered by headless Chromium.
 
@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use gc_assist::adoption::copilot::{self, CopilotOptions, Progress};
+use gc_assist::adoption::metrics::{Acc, Folded};
 use gc_assist::adoption::{self, parse_tz, AdoptionQuery, GroupBy};
 use gc_assist::config::{ApiKeyConfig, Config};
 use gc_assist::emulator::{self, EmulatorConfig};
@@ -127,8 +128,46 @@ fn random_events(n: usize) -> Vec<EngagementRow> {
     rows
 }
 
+/// Holds the rollup path's accumulators to the reference fold's: the same groups and days,
+/// every count exactly, and median and p90 time to click within the histogram's error.
+pub(crate) fn assert_matches_fold(rolled: &Folded, reference: &Folded, what: &str) {
+    let same = |a: &Acc, b: &Acc, at: &str| {
+        assert_eq!(a.counts, b.counts, "{what}: {at}");
+        assert_eq!(
+            (a.quick_dismiss, a.feedback_positive, a.feedback_negative),
+            (b.quick_dismiss, b.feedback_positive, b.feedback_negative),
+            "{what}: {at}"
+        );
+        let n = |acc: &Acc| acc.click_ms.values().sum::<u64>();
+        assert_eq!(n(a), n(b), "{what}: {at}: click times");
+        let (fa, fb) = (a.figures(), b.figures());
+        for (x, y) in [(fa.median_click_ms, fb.median_click_ms), (fa.p90_click_ms, fb.p90_click_ms)] {
+            match (x, y) {
+                (Some(x), Some(y)) => {
+                    let err = (x - y).abs() as f64 / (y.max(1) as f64);
+                    assert!(err <= adoption::CLICK_RELATIVE_ERROR, "{what}: {at}: {x} ms vs exact {y} ms");
+                }
+                (x, y) => assert_eq!(x, y, "{what}: {at}"),
+            }
+        }
+    };
+    same(&rolled.total, &reference.total, "total");
+    assert_eq!(rolled.daily.keys().collect::<Vec<_>>(), reference.daily.keys().collect::<Vec<_>>(), "{what}: days");
+    for (d, acc) in &reference.daily {
+        same(&rolled.daily[d], acc, &format!("day {d}"));
+    }
+    assert_eq!(rolled.groups.keys().collect::<Vec<_>>(), reference.groups.keys().collect::<Vec<_>>(), "{what}");
+    for (g, groups) in &reference.groups {
+        let got = &rolled.groups[g];
+        assert_eq!(got.keys().collect::<Vec<_>>(), groups.keys().collect::<Vec<_>>(), "{what}: {g:?} keys");
+        for (k, acc) in groups {
+            same(&got[k], acc, &format!("{g:?} {k}"));
+        }
+    }
+}
+
 #[tokio::test]
-async fn sql_path_equals_the_reference_fold() {
+async fn rollup_and_sql_scan_equal_the_reference_fold() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.db");
     let rows = random_events(4000);
@@ -141,24 +180,58 @@ async fn sql_path_equals_the_reference_fold() {
         vec![GroupBy::Rule, GroupBy::Day],
         GroupBy::ALL.to_vec(),
     ];
-    for tz in ["Z", "+05:30", "-08:00"] {
+    const M: i64 = 60_000;
+    let intervals = [
+        // Partial buckets at both ends, and whole days.
+        (T - 4 * 24 * H + 7 * M, T + 4 * 24 * H - 3 * M),
+        (T - 4 * 24 * H, T + 4 * 24 * H),
+        (T + 7 * M, T + 7 * H + 1),
+        // Within one bucket, and across one edge without a whole bucket: folded exactly.
+        (T + M, T + 10 * M),
+        (T + 10 * M, T + 20 * M),
+        (T - 90 * 24 * H, T - 80 * 24 * H),
+    ];
+    let mut with_clicks = 0;
+    for tz in ["+00:00", "+02:00", "-05:30"] {
         for g in &groupings {
-            for (from, to) in [(T - 4 * 24 * H, T + 4 * 24 * H), (T, T + 7 * H), (T - 90 * 24 * H, T - 80 * 24 * H)] {
+            for (from, to) in intervals {
                 let q = AdoptionQuery::new(from, to, parse_tz(tz).unwrap(), g.clone()).unwrap();
-                let sql = adoption::fold_in_sql(&store, &q).await.unwrap();
+                let what = format!("tz {tz}, groups {g:?}, [{from}, {to})");
                 let reference = adoption::fold_streamed(&store, &q).await.unwrap();
-                assert_eq!(sql, reference, "tz {tz}, groups {g:?}, [{from}, {to})");
+                let rolled = adoption::fold_from_rollup(&store, &q).await.unwrap();
+                assert_matches_fold(&rolled, &reference, &what);
+                if to - from < 15 * M {
+                    assert_eq!(rolled, reference, "{what}: no whole bucket, so exact");
+                }
+                with_clicks += usize::from(reference.total.click_ms.len() > 10);
+                // The SQL scan is exact.
+                let sql = adoption::fold_in_sql(&store, &q).await.unwrap();
+                assert_eq!(sql, reference, "{what}");
                 // And the stream is the rows in memory.
                 let in_memory = adoption::metrics::fold(&q, rows.clone());
-                assert_eq!(reference, in_memory, "tz {tz}, groups {g:?}");
+                assert_eq!(reference, in_memory, "{what}");
             }
         }
     }
+    assert!(with_clicks > 40, "the intervals have clicks to rank: {with_clicks}");
     // The figures are not trivially equal: the sets have content.
     let q = AdoptionQuery::new(T - 4 * 24 * H, T + 4 * 24 * H, parse_tz("Z").unwrap(), vec![GroupBy::Agent]).unwrap();
     let r = adoption::compute(&store, &q).await.unwrap();
     assert!(r.totals.shown > 500 && r.totals.clicked > 100 && r.totals.median_click_ms.is_some(), "{:?}", r.totals);
     assert_eq!(store.engagement_count(T - 4 * 24 * H, T + 4 * 24 * H).await.unwrap() as usize, rows.len());
+    let db = store.path().to_path_buf();
+    store.close().await.unwrap();
+
+    // Rebuilding the rollup from the events (what the migration does on upgrade) gives the
+    // rollup the writer kept.
+    let all = AdoptionQuery::new(0, T + 90 * 24 * H, parse_tz("+02:00").unwrap(), GroupBy::ALL.to_vec()).unwrap();
+    let store = Store::open(&db, StoreOptions::default()).await.unwrap();
+    let kept = adoption::fold_from_rollup(&store, &all).await.unwrap();
+    store.close().await.unwrap();
+    let rows_in_rollup = gc_assist::store::rollup::rebuild(&db).await.unwrap();
+    assert!(rows_in_rollup > 1000, "{rows_in_rollup}");
+    let store = Store::open(&db, StoreOptions::default()).await.unwrap();
+    assert_eq!(adoption::fold_from_rollup(&store, &all).await.unwrap(), kept);
     store.close().await.unwrap();
 }
 
@@ -191,18 +264,19 @@ async fn cli_reports_hand_computed_figures() {
     assert_eq!(t["adoptionRate"], 0.6);
     assert_eq!(t["dismissRate"], 0.2);
     assert_eq!(t["ignoreRate"], 0.2);
-    // Sorted 1500 2500 4500: median is rank 2, p90 rank ceil(2.7) = 3.
-    assert_eq!(t["medianClickMs"], 2500);
-    assert_eq!(t["p90ClickMs"], 4500);
+    // Sorted 1500 2500 4500: median is rank 2, p90 rank ceil(2.7) = 3; from the rollup's
+    // histogram, the middles of their slots: 2496 (2432..2559) and 4480 (4352..4607).
+    assert_eq!(t["medianClickMs"], 2496);
+    assert_eq!(t["p90ClickMs"], 4480);
     assert_eq!(t["dismissedWithin2s"], 1);
     assert_eq!(t["feedbackPositive"], 1);
-    // Agent A2's click row has no agent: it is resolved from the injection's viewed row.
+    // Injection 4's shown and click rows name no agent: they count under the unknown agent.
     let agents = v["groups"]["agent"].as_array().unwrap();
     let by: Vec<(String, u64, u64)> = agents
         .iter()
         .map(|r| (r["key"].as_str().unwrap().to_string(), r["shown"].as_u64().unwrap(), r["clicked"].as_u64().unwrap()))
         .collect();
-    assert_eq!(by, vec![("A1".into(), 3, 2), ("A2".into(), 2, 1)]);
+    assert_eq!(by, vec![("A1".into(), 3, 2), ("(none)".into(), 1, 1), ("A2".into(), 1, 0)]);
     let prompts = v["groups"]["prompt"].as_array().unwrap();
     assert_eq!(prompts[0]["key"], P1);
     assert_eq!((prompts[0]["shown"].as_u64(), prompts[1]["shown"].as_u64()), (Some(3), Some(2)));
@@ -232,12 +306,30 @@ async fn cli_reports_hand_computed_figures() {
     assert_eq!(v["totals"]["adoptionRate"], Value::Null);
     assert_eq!(v["daily"], serde_json::json!([]));
 
-    // The hidden --reference flag folds every row instead: the same report.
+    // The hidden --reference flag folds every row instead: the same report, but for the
+    // exact times to click.
     let (_, sql, _) = cli(&db, &[&range[..], &["--group-by", "prompt,rule,queue,agent,day", "--json"]].concat());
     let (code, reference, err) =
         cli(&db, &[&range[..], &["--group-by", "prompt,rule,queue,agent,day", "--json", "--reference"]].concat());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&sql).unwrap(), serde_json::from_str::<Value>(&reference).unwrap());
+    let reference: Value = serde_json::from_str(&reference).unwrap();
+    assert_eq!(reference["totals"]["medianClickMs"], 2500);
+    let without_times = |mut v: Value| {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(o) => {
+                    o.remove("medianClickMs");
+                    o.remove("p90ClickMs");
+                    o.values_mut().for_each(strip);
+                }
+                Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        strip(&mut v);
+        v
+    };
+    assert_eq!(without_times(serde_json::from_str(&sql).unwrap()), without_times(reference));
 
     // Copilot beside ours: a long range goes through an async job, its state file gone after.
     let state = dir.path().join("copilot-state.json");
@@ -261,7 +353,7 @@ async fn cli_reports_hand_computed_figures() {
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "{out}");
-    assert!(lines[1].starts_with("total,,,5,1,3,1,1,1,1,0,0.6,0.2,0.2,2500,4500,1,"), "{out}");
+    assert!(lines[1].starts_with("total,,,5,1,3,1,1,1,1,0,0.6,0.2,0.2,2496,4480,1,"), "{out}");
 
     // The table for people.
     let (code, out, _) = cli(&db, &range);
@@ -323,9 +415,10 @@ async fn html_report_renders_in_chromium_with_its_charts() {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} missing from the rendered DOM");
     }
     assert!(dom.matches("<svg").count() >= 4, "{dom}");
-    // Bars were drawn: two days of shown/clicked, two prompts, two agents.
+    // Bars were drawn: two days of shown/clicked, two prompts, two agents and the unknown one.
     assert!(dom.matches("class=\"bar shown\"").count() == 2, "{dom}");
-    assert!(dom.contains("A2: adoption 50.0% of 2 shown"), "{dom}");
+    assert!(dom.contains("A2: adoption 0.0% of 1 shown"), "{dom}");
+    assert!(dom.contains("(none): adoption 100.0% of 1 shown"), "{dom}");
     assert!(!dom.contains("<script"), "the report carries no script");
 }
 
@@ -464,7 +557,8 @@ async fn api_and_dashboard_answer_admin_keys() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["totals"]["shown"], 5);
     assert_eq!(v["totals"]["adoptionRate"], 0.6);
-    assert_eq!(v["groups"]["agent"][1]["key"], "A2");
+    assert_eq!(v["groups"]["agent"][1]["key"], "(none)");
+    assert_eq!(v["groups"]["agent"][2]["key"], "A2");
     assert_eq!(v["groups"]["day"][0]["key"], "2026-03-03");
     assert_eq!(v["timeZone"], "+02:00");
     assert!(v.get("copilot").is_none());

@@ -1,7 +1,8 @@
 //! Crash test: the real `gc-assist serve` binary is killed with SIGKILL while 16 clients post
 //! injections, restarted on the same files, and must have kept every acknowledged injection
 //! (row, audit records, webhook message, idempotent answer), a valid audit chain, no half
-//! written injections, and deliver each acknowledged injection's webhook under one id.
+//! written injections, an engagement rollup that matches the engagement events, and deliver
+//! each acknowledged injection's webhook under one id.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -352,6 +353,13 @@ async fn sigkill_under_load_loses_no_acknowledged_injection() {
     for m in &outbox {
         assert!(rows.contains(&m.injection_id), "webhook message {} for a missing injection", m.id);
     }
+    // (4) the engagement rollup, written in the same transactions as the events, matches them.
+    let utc = gc_assist::adoption::parse_tz("Z").unwrap();
+    let all = gc_assist::adoption::AdoptionQuery::new(0, now + 86_400_000, utc, vec![]).unwrap();
+    let rolled = gc_assist::adoption::fold_from_rollup(&store, &all).await.unwrap();
+    let reference = gc_assist::adoption::fold_streamed(&store, &all).await.unwrap();
+    crate::adoption::assert_matches_fold(&rolled, &reference, "after the kills");
+    assert!(reference.total.counts[0] > 0, "prompts were shown: {:?}", reference.total);
     store.close().await.unwrap();
     receiver.shutdown().await;
     eprintln!(
