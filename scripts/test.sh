@@ -9,9 +9,9 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     echo "== installing chromium and chromium-driver (browser tests)"
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    if ! $sudo apt-get install -y --no-install-recommends chromium chromium-driver; then
+    if ! $sudo apt-get install -y chromium chromium-driver; then
         $sudo apt-get update
-        $sudo apt-get install -y --no-install-recommends chromium chromium-driver
+        $sudo apt-get install -y chromium chromium-driver
     fi
 fi
 
