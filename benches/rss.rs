@@ -15,7 +15,8 @@
 //! sentiment), so one OAuth client cannot subscribe much beyond 9,500 conversations: past
 //! that the runtime still tracks the conversation but its topics are refused (logged).
 //!
-//! Run: `cargo bench --bench rss` (or `-- --conversations N`).
+//! Run: `cargo bench --bench rss` (or `-- --conversations N`; `--no-injections` or
+//! `--no-announce` measure the live runtime's and the service's shares apart).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +35,10 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--conversations") {
         n = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(n);
     }
+    // Apportioning: `--no-injections` announces the conversations only (the live runtime's
+    // share); `--no-announce` posts the injections only (the service's share).
+    let injections = !args.iter().any(|a| a == "--no-injections");
+    let announce = !args.iter().any(|a| a == "--no-announce");
     if !std::path::Path::new("/proc/self/status").exists() {
         println!("rss: needs /proc (Linux); skipped");
         return;
@@ -61,7 +66,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let started = Instant::now();
-    let followed = rt.block_on(load(&emu_url, &api, n));
+    let followed = rt.block_on(load(&emu_url, &api, n, announce, injections));
     // Let allocations settle (subscriptions, timers) before reading.
     std::thread::sleep(Duration::from_secs(2));
     let loaded = rss_kib(pid);
@@ -122,15 +127,16 @@ fn spawn_and_read(cmd: &mut Command, marker: &str) -> (Child, String) {
 
 /// Announces `n` conversations and posts two injections to each; returns how many the live
 /// runtime follows once that number stops growing.
-async fn load(emu: &str, api: &str, n: usize) -> u64 {
+async fn load(emu: &str, api: &str, n: usize, announce: bool, injections: bool) -> u64 {
     let http = reqwest::Client::new();
+    let queue = if announce { QUEUE } else { "00000000-0000-4000-8000-000000000000" };
     let convs: Vec<String> = futures::stream::iter(0..n)
         .map(|_| {
             let http = http.clone();
             async move {
                 let v: serde_json::Value = http
                     .post(format!("{emu}/__emulator/conversations"))
-                    .json(&json!({ "queueId": QUEUE }))
+                    .json(&json!({ "queueId": queue }))
                     .send()
                     .await
                     .expect("create conversation")
@@ -143,7 +149,8 @@ async fn load(emu: &str, api: &str, n: usize) -> u64 {
         .buffer_unordered(32)
         .collect()
         .await;
-    futures::stream::iter(convs.iter())
+    let posted = if injections { &convs[..] } else { &convs[..0] };
+    futures::stream::iter(posted.iter())
         .map(|c| {
             let http = http.clone();
             async move {
@@ -174,7 +181,7 @@ async fn load(emu: &str, api: &str, n: usize) -> u64 {
     let mut still = Instant::now();
     loop {
         let live = metric(api, "gc_assist_live_conversations").await;
-        if live as usize >= n || still.elapsed() > Duration::from_secs(10) {
+        if !announce || live as usize >= n || still.elapsed() > Duration::from_secs(10) {
             return live;
         }
         if live != last {

@@ -36,7 +36,8 @@ pub struct PanelEvent {
 
 struct ConvStream {
     ring: VecDeque<PanelEvent>,
-    tx: broadcast::Sender<PanelEvent>,
+    /// Made when the first subscriber comes and dropped when the last one has gone.
+    tx: Option<broadcast::Sender<PanelEvent>>,
 }
 
 /// Live subscribers lagging this far behind resynchronise from the ring instead.
@@ -44,10 +45,11 @@ const LIVE_BUFFER: usize = 16;
 
 impl ConvStream {
     // Memory matters here: every live conversation has one, watched or not (goal: a few KiB
-    // per conversation). The ring grows only as events arrive, and the broadcast buffer is
-    // small because a lagging subscriber catches up from the ring.
+    // per conversation). The ring grows only as events arrive; the broadcast channel exists
+    // only while someone watches, and its buffer is small because a lagging subscriber
+    // catches up from the ring.
     fn new() -> ConvStream {
-        ConvStream { ring: VecDeque::new(), tx: broadcast::channel(LIVE_BUFFER).0 }
+        ConvStream { ring: VecDeque::new(), tx: None }
     }
 }
 
@@ -109,7 +111,11 @@ impl PanelHub {
         }
         s.ring.push_back(ev.clone());
         // No subscriber is not an error: the ring keeps the event for the next one.
-        let _ = s.tx.send(ev);
+        if let Some(tx) = &s.tx {
+            if tx.send(ev).is_err() {
+                s.tx = None;
+            }
+        }
         id
     }
 
@@ -125,7 +131,8 @@ impl PanelHub {
             _ => 0,
         };
         let backlog = s.ring.iter().filter(|e| e.id > after).cloned().collect();
-        Subscription { backlog, live: s.tx.subscribe() }
+        let live = s.tx.get_or_insert_with(|| broadcast::channel(LIVE_BUFFER).0).subscribe();
+        Subscription { backlog, live }
     }
 
     /// Drops a conversation's stream (it ended); its subscribers' feeds close.
