@@ -194,7 +194,7 @@ async fn load(emu: &str, api: &str, n: usize, announce: bool, injections: bool) 
 
 /// One sample from the service's /metrics.
 async fn metric(api: &str, name: &str) -> u64 {
-    let Ok(r) = reqwest::get(format!("{api}/metrics")).await else { return 0 };
+    let Ok(r) = reqwest::Client::new().get(format!("{api}/metrics")).bearer_auth(KEY).send().await else { return 0 };
     let text = r.text().await.unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))

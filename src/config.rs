@@ -326,11 +326,11 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
                 ),
             });
         }
-        if !matches!(k.role.as_str(), "injector" | "admin") {
+        if !matches!(k.role.as_str(), "metrics" | "injector" | "admin") {
             return Err(ConfigError::Invalid {
                 origin: "values".into(),
                 message: format!(
-                    "server.api_keys `{}`: role must be \"injector\" or \"admin\", got {:?}",
+                    "server.api_keys `{}`: role must be \"metrics\", \"injector\" or \"admin\", got {:?}",
                     k.id, k.role
                 ),
             });

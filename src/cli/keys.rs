@@ -18,7 +18,7 @@ pub struct NewArgs {
     /// A name for the key (who uses it); appears in audit records as the actor.
     #[arg(long, value_name = "NAME")]
     pub id: String,
-    /// `injector` (prompt injections) or `admin` (everything).
+    /// `metrics` (scrape /metrics only), `injector` (prompt injections) or `admin` (everything).
     #[arg(long, default_value = "injector")]
     pub role: String,
     /// Print JSON `{id, role, key, sha256}` instead.
@@ -29,7 +29,7 @@ pub struct NewArgs {
 pub async fn run(cmd: KeysCommand, _ctx: &Ctx) -> anyhow::Result<Outcome> {
     let KeysCommand::New(a) = cmd;
     if Role::parse(&a.role).is_none() {
-        anyhow::bail!("--role must be \"injector\" or \"admin\" (got {:?})", a.role);
+        anyhow::bail!("--role must be \"metrics\", \"injector\" or \"admin\" (got {:?})", a.role);
     }
     let id = a.id.trim();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {

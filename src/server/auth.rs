@@ -11,7 +11,10 @@ use crate::config::ApiKeyConfig;
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Prompt injections: create, read, cancel, stream.
+    /// Scrape `/metrics` and nothing else: what a Prometheus server is given, so the
+    /// scraper's credential cannot create or read prompts.
+    Metrics,
+    /// Prompt injections: create, read, cancel, stream; may scrape `/metrics` too.
     Injector,
     /// Everything, including firing armed prompts.
     Admin,
@@ -20,14 +23,32 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "metrics" => Some(Role::Metrics),
             "injector" => Some(Role::Injector),
             "admin" => Some(Role::Admin),
             _ => None,
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Metrics => "metrics",
+            Role::Injector => "injector",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Roles are ordered: each may do what the ones before it may.
     fn may(self, needed: Role) -> bool {
-        self == Role::Admin || needed == Role::Injector
+        self.rank() >= needed.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Role::Metrics => 0,
+            Role::Injector => 1,
+            Role::Admin => 2,
+        }
     }
 }
 
@@ -58,7 +79,10 @@ pub fn keys_from_config(cfg: &[ApiKeyConfig]) -> Result<Vec<ApiKey>, ServerError
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&bytes);
             let role = Role::parse(&k.role).ok_or_else(|| {
-                ServerError::Config(format!("server.api_keys {:?}: role {:?} is not \"injector\" or \"admin\"", k.id, k.role))
+                ServerError::Config(format!(
+                    "server.api_keys {:?}: role {:?} is not \"metrics\", \"injector\" or \"admin\"",
+                    k.id, k.role
+                ))
             })?;
             Ok(ApiKey { id: k.id.clone(), hash, role })
         })
@@ -99,7 +123,7 @@ pub fn authorize<'k>(keys: &'k [ApiKey], headers: &HeaderMap, needed: Role) -> R
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("API key {:?} has role injector; this needs an admin key", k.id),
+            format!("API key {:?} has role {}; this needs a key with role {}", k.id, k.role.as_str(), needed.as_str()),
         ));
     }
     Ok(k)
@@ -116,13 +140,21 @@ mod tests {
 
     #[test]
     fn keys_roles_and_headers() {
-        let keys = keys_from_config(&[cfg("inj", "k1", "injector"), cfg("adm", "k2", "admin")]).unwrap();
+        let keys =
+            keys_from_config(&[cfg("inj", "k1", "injector"), cfg("adm", "k2", "admin"), cfg("mon", "k4", "metrics")])
+                .unwrap();
         // (Authorization header, role needed, expected: Ok(key id) or Err(status))
         let table: &[(Option<&str>, Role, Result<&str, u16>)] = &[
             (Some("Bearer k1"), Role::Injector, Ok("inj")),
             (Some("Bearer k2"), Role::Injector, Ok("adm")),
             (Some("Bearer k2"), Role::Admin, Ok("adm")),
             (Some("Bearer k1"), Role::Admin, Err(403)),
+            (Some("Bearer k4"), Role::Metrics, Ok("mon")),
+            (Some("Bearer k1"), Role::Metrics, Ok("inj")),
+            (Some("Bearer k2"), Role::Metrics, Ok("adm")),
+            (Some("Bearer k4"), Role::Injector, Err(403)),
+            (Some("Bearer k4"), Role::Admin, Err(403)),
+            (None, Role::Metrics, Err(401)),
             (Some("Bearer k3"), Role::Injector, Err(401)),
             (Some("Basic k1"), Role::Injector, Err(401)),
             (Some("k1"), Role::Injector, Err(401)),

@@ -1,12 +1,16 @@
 //! `GET /metrics`: Prometheus text exposition, written by hand from the service's counters,
-//! the store's outbox figures and the Genesys client's counters (no exporter dependency).
+//! the store's outbox figures and the Genesys client's counters, behind an API key (any role;
+//! give Prometheus a `metrics` key). The counters live in each `Service`, not in a
+//! process-global recorder, because one process often runs several services (tests, the
+//! demo's emulator beside the service) and their figures must not mix.
 
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::{authorize, Role};
 use super::AppState;
 use crate::injection::service::Histogram;
 use crate::store::InjectionStatus;
@@ -21,7 +25,10 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 }
 
 /// Renders every metric.
-pub async fn render(State(st): State<AppState>) -> Response {
+pub async fn render(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&st.inner.keys, &headers, Role::Metrics) {
+        return e.into_response();
+    }
     let svc = st.service();
     let mut out = String::new();
     let stats = svc.stats();

@@ -39,7 +39,7 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
     ("get", "/adoption", "The adoption dashboard page (asks for an admin key)", false),
     ("get", "/healthz", "The process is up", false),
     ("get", "/readyz", "The store is writable and the server is not shutting down", false),
-    ("get", "/metrics", "Prometheus metrics", false),
+    ("get", "/metrics", "Prometheus metrics (any key; a `metrics` key may do only this)", true),
     ("get", "/openapi.json", "This document", false),
 ];
 

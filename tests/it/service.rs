@@ -18,6 +18,7 @@ use crate::support::{self, next_event};
 
 const INJECTOR: &str = "test-injector-key";
 const ADMIN: &str = "test-admin-key";
+const SCRAPER: &str = "test-metrics-key";
 
 struct Running {
     base: String,
@@ -52,6 +53,7 @@ async fn start_with(dir: &Path, emu: &Emulator, tune: impl FnOnce(&mut gc_assist
     cfg.api_keys = vec![
         ApiKeyConfig { id: "injector".into(), sha256: key_hash_hex(INJECTOR), role: "injector".into() },
         ApiKeyConfig { id: "admin".into(), sha256: key_hash_hex(ADMIN), role: "admin".into() },
+        ApiKeyConfig { id: "prometheus".into(), sha256: key_hash_hex(SCRAPER), role: "metrics".into() },
     ];
     tune(&mut cfg);
     let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.unwrap();
@@ -406,7 +408,14 @@ async fn ops_routes_and_openapi_match_the_router() {
     assert_eq!(http.get(format!("{}/healthz", svc.base)).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{}/readyz", svc.base)).send().await.unwrap().status(), 200);
     post(&svc.base, &payload(&conv, 3, 500, 10_000, json!({})), None).await;
-    let m = http.get(format!("{}/metrics", svc.base)).send().await.unwrap().text().await.unwrap();
+    // /metrics needs a key; a `metrics` key scrapes but may not touch prompts.
+    assert_eq!(http.get(format!("{}/metrics", svc.base)).send().await.unwrap().status(), 401);
+    let denied =
+        http.get(format!("{}/v1/conversations/{conv}/prompts", svc.base)).bearer_auth(SCRAPER).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let m = http.get(format!("{}/metrics", svc.base)).bearer_auth(SCRAPER).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    let m = m.text().await.unwrap();
     for needle in [
         "gc_assist_injection_transitions_total{status=\"scheduled\"} 1",
         "gc_assist_admit_latency_seconds_count 1",
