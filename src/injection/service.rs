@@ -38,6 +38,7 @@ use uuid::Uuid;
 
 use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, Was};
 use super::panel::PanelHub;
+use super::trace::{DeliveryTrace, DeliveryTraces};
 use super::participant_data::{self, PromptAttribute};
 use crate::audit::AuditDraft;
 use crate::contract::payload::TriggerCondition;
@@ -243,6 +244,8 @@ pub struct ServiceStats {
     pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
     /// Conversations the live trigger runtime follows now (agent connected, not ended).
     pub live_conversations: AtomicU64,
+    /// Per-delivery stage timings, off unless a benchmark turns them on.
+    pub delivery_trace: DeliveryTraces,
 }
 
 impl ServiceStats {
@@ -759,6 +762,7 @@ impl Service {
             });
         }
         self.inner.stats.admit_latency.observe(meta.received_at.elapsed());
+        self.inner.stats.delivery_trace.note_admitted(id, meta.received_at, Instant::now());
         self.inner.stats.count(row.status);
         if row.status == InjectionStatus::Armed {
             let _ = self.inner.armed_changes.send(ArmedChange::Armed {
@@ -779,8 +783,15 @@ impl Service {
     /// Records the ledger's effects (each its own store write, in order) and sends the
     /// channel deliveries for those that committed. Failures are logged and counted: the
     /// ledger already moved, and the row is reconciled at the next restart's recovery.
-    async fn apply(&self, _ledger: &mut Ledger, effects: Vec<Effect>, actor: &str) {
+    async fn apply(&self, ledger: &mut Ledger, effects: Vec<Effect>, actor: &str) {
+        self.apply_traced(ledger, effects, actor, None).await
+    }
+
+    /// [`Self::apply`]; `woke` is when the timer took the conversation off its heap.
+    async fn apply_traced(&self, _ledger: &mut Ledger, effects: Vec<Effect>, actor: &str, woke: Option<Instant>) {
         let mut deliveries = Vec::new();
+        let tracing_on = self.inner.stats.delivery_trace.is_on();
+        let mut traces = Vec::new();
         for e in effects {
             let now = self.now_ms();
             let id = match &e {
@@ -793,6 +804,7 @@ impl Service {
                 tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
                 continue;
             };
+            let mut trace = None;
             let (update, delivery) = match e {
                 Effect::Shown { at_ms, expires_at_ms, .. } => {
                     if row.status == InjectionStatus::Delivered {
@@ -800,6 +812,12 @@ impl Service {
                         continue;
                     }
                     let late = now.saturating_sub(ms_i64(at_ms)).max(0);
+                    if tracing_on {
+                        let t = Instant::now();
+                        let late_us = self.inner.clock.now_us().saturating_sub(ms_i64(at_ms).saturating_mul(1000));
+                        let due = t.checked_sub(Duration::from_micros(ms_u64(late_us))).unwrap_or(t);
+                        trace = Some((due, woke.unwrap_or(t)));
+                    }
                     self.inner.stats.delivery_latency.observe(Duration::from_millis(ms_u64(late)));
                     let mut d = draft(&row, "delivered", actor, None);
                     d.latency_ms = Some(ms_u64(late));
@@ -833,9 +851,26 @@ impl Service {
                     (u, None)
                 }
             };
+            let submitted = Instant::now();
             if let Ok(row) = self.commit_update(row, update).await {
                 match delivery {
-                    Some(Kind::Show) => deliveries.push(Delivery::Show(Box::new(row))),
+                    Some(Kind::Show) => {
+                        if let Some((due, woke)) = trace {
+                            traces.push(DeliveryTrace {
+                                injection_id: row.id,
+                                conversation_id: row.conversation_id,
+                                received: None,
+                                admitted: None,
+                                due,
+                                woke,
+                                submitted,
+                                committed: Instant::now(),
+                                published: submitted,
+                                batch: 1,
+                            });
+                        }
+                        deliveries.push(Delivery::Show(Box::new(row)))
+                    }
                     Some(Kind::Remove(status)) => deliveries.push(Delivery::Remove { row: Box::new(row), status }),
                     None => {}
                 }
@@ -843,6 +878,11 @@ impl Service {
         }
         for d in deliveries {
             self.deliver(d);
+        }
+        let published = Instant::now();
+        for mut t in traces {
+            t.published = published;
+            self.inner.stats.delivery_trace.push(t);
         }
     }
 }
@@ -960,22 +1000,27 @@ impl Service {
                     }
                 }
             }
+            let woke = Instant::now();
+            {
+                {
+                }
+            }
             // Conversations are independent (each has its own ledger lock), so their ticks
             // run together: their store writes then share group commits instead of paying
             // one commit each, which is what keeps delivery up with acceptance under load.
             futures::StreamExt::for_each_concurrent(futures::stream::iter(due), TICK_CONCURRENCY, |conv| {
-                self.tick(conv)
+                self.tick(conv, woke)
             })
             .await;
         }
     }
 
     /// Applies everything due on one conversation.
-    async fn tick(&self, conv: Uuid) {
+    async fn tick(&self, conv: Uuid, woke: Instant) {
         let Some(ledger) = self.ledgers().get(&conv).cloned() else { return };
         let mut guard = ledger.lock().await;
         let effects = guard.tick(ms_u64(self.now_ms()));
-        self.apply(&mut guard, effects, "system").await;
+        self.apply_traced(&mut guard, effects, "system", Some(woke)).await;
         self.schedule(conv, guard.next_deadline());
         let empty = guard.is_empty();
         drop(guard);
@@ -1743,18 +1788,18 @@ mod tests {
         let long = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
         // The manual clock drives the ledger; the test ticks the conversation as the timer would.
         clock.advance(1_000);
-        svc.tick(conv).await;
+        svc.tick(conv, Instant::now()).await;
         let row = store.get_injection(short.injection_id).await.unwrap().unwrap().row;
         assert_eq!(row.status, InjectionStatus::Failed);
         assert!(row.last_error.unwrap().contains("queueTimeoutMs"));
         assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Delivered);
         // a expires at 500 + 10 000; the long waiter is promoted then, and shown 500 ms later.
         clock.set(T0 + 10_500);
-        svc.tick(conv).await;
+        svc.tick(conv, Instant::now()).await;
         assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Expired);
         assert_eq!(status(&store, long.injection_id).await, InjectionStatus::Scheduled);
         clock.set(T0 + 11_000);
-        svc.tick(conv).await;
+        svc.tick(conv, Instant::now()).await;
         let row = store.get_injection(long.injection_id).await.unwrap().unwrap().row;
         assert_eq!((row.status, row.show_at), (InjectionStatus::Delivered, Some(T0 + 11_000)));
         let events: Vec<String> =
