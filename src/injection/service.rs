@@ -49,9 +49,9 @@ use crate::store::{
     Source, Store, StoreError, WriteOp,
 };
 
-/// Due conversations ticked at once by the timer; bounded so a huge backlog after a
-/// stall does not open thousands of store writes in one go.
-const TICK_CONCURRENCY: usize = 256;
+/// Due conversations delivered by one store write; a backlog after a stall is cut into
+/// writes of this many, so no single transaction grows without bound.
+const DUE_BATCH: usize = 256;
 
 /// Webhook event types (CONTRACT §5).
 pub const EVENT_INJECTED: &str = "AGENT_ASSIST_PROMPT_INJECTED";
@@ -783,107 +783,115 @@ impl Service {
     /// Records the ledger's effects (each its own store write, in order) and sends the
     /// channel deliveries for those that committed. Failures are logged and counted: the
     /// ledger already moved, and the row is reconciled at the next restart's recovery.
-    async fn apply(&self, ledger: &mut Ledger, effects: Vec<Effect>, actor: &str) {
-        self.apply_traced(ledger, effects, actor, None).await
-    }
-
-    /// [`Self::apply`]; `woke` is when the timer took the conversation off its heap.
-    async fn apply_traced(&self, _ledger: &mut Ledger, effects: Vec<Effect>, actor: &str, woke: Option<Instant>) {
+    async fn apply(&self, _ledger: &mut Ledger, effects: Vec<Effect>, actor: &str) {
         let mut deliveries = Vec::new();
-        let tracing_on = self.inner.stats.delivery_trace.is_on();
-        let mut traces = Vec::new();
         for e in effects {
             let now = self.now_ms();
-            let id = match &e {
-                Effect::Shown { id, .. }
-                | Effect::Expired { id, .. }
-                | Effect::QueueTimedOut { id, .. }
-                | Effect::Promoted { id, .. } => *id,
-            };
-            let Some(row) = self.live().get(&id).cloned() else {
-                tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
-                continue;
-            };
-            let mut trace = None;
-            let (update, delivery) = match e {
-                Effect::Shown { at_ms, expires_at_ms, .. } => {
-                    if row.status == InjectionStatus::Delivered {
-                        // Recovered on-screen prompts are re-admitted as already shown.
-                        continue;
-                    }
-                    let late = now.saturating_sub(ms_i64(at_ms)).max(0);
-                    if tracing_on {
-                        let t = Instant::now();
-                        let late_us = self.inner.clock.now_us().saturating_sub(ms_i64(at_ms).saturating_mul(1000));
-                        let due = t.checked_sub(Duration::from_micros(ms_u64(late_us))).unwrap_or(t);
-                        trace = Some((due, woke.unwrap_or(t)));
-                    }
-                    self.inner.stats.delivery_latency.observe(Duration::from_millis(ms_u64(late)));
-                    let mut d = draft(&row, "delivered", actor, None);
-                    d.latency_ms = Some(ms_u64(late));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Delivered, now, d);
-                    u.show_at = Some(ms_i64(at_ms));
-                    u.expires_at = Some(ms_i64(expires_at_ms));
-                    (u, Some(Kind::Show))
-                }
-                Effect::Expired { at_ms, .. } => {
-                    let d = draft(&row, "expired", actor, Some("auto_dismissed"));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Expired, now, d);
-                    u.outbox = self.outbox(&row, EVENT_EXPIRED, ms_u64(now.saturating_sub(ms_i64(at_ms))), now);
-                    (u, Some(Kind::Remove("expired")))
-                }
-                Effect::QueueTimedOut { .. } => {
-                    let msg =
-                        format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
-                    let mut d = draft(&row, "failed", actor, Some("queue_timeout"));
-                    d.error = Some(msg.clone());
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
-                    u.last_error = Some(msg);
-                    u.outbox = self.outbox(&row, EVENT_FAILED, 0, now);
-                    (u, None)
-                }
-                Effect::Promoted { at_ms, show_at_ms, expires_at_ms, .. } => {
-                    let d = draft(&row, "scheduled", actor, Some("promoted"));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Scheduled, now, d);
-                    u.admitted_at = Some(ms_i64(at_ms));
-                    u.show_at = Some(ms_i64(show_at_ms));
-                    u.expires_at = Some(ms_i64(expires_at_ms));
-                    (u, None)
-                }
-            };
-            let submitted = Instant::now();
-            if let Ok(row) = self.commit_update(row, update).await {
-                match delivery {
-                    Some(Kind::Show) => {
-                        if let Some((due, woke)) = trace {
-                            traces.push(DeliveryTrace {
-                                injection_id: row.id,
-                                conversation_id: row.conversation_id,
-                                received: None,
-                                admitted: None,
-                                due,
-                                woke,
-                                submitted,
-                                committed: Instant::now(),
-                                published: submitted,
-                                batch: 1,
-                            });
-                        }
-                        deliveries.push(Delivery::Show(Box::new(row)))
-                    }
-                    Some(Kind::Remove(status)) => deliveries.push(Delivery::Remove { row: Box::new(row), status }),
-                    None => {}
-                }
+            let Some(row) = self.effect_row(&e, None) else { continue };
+            let Some(step) = self.effect_update(e, &row, actor, now) else { continue };
+            if let Ok(row) = self.commit_update(row, step.update).await {
+                deliveries.extend(delivery(step.kind, row));
             }
         }
         for d in deliveries {
             self.deliver(d);
         }
-        let published = Instant::now();
-        for mut t in traces {
-            t.published = published;
-            self.inner.stats.delivery_trace.push(t);
+    }
+
+    /// The live row an effect is about: the one `pending` holds (changed earlier in the
+    /// same write), else the live map's.
+    fn effect_row(&self, e: &Effect, pending: Option<&HashMap<Uuid, InjectionRow>>) -> Option<InjectionRow> {
+        let id = match e {
+            Effect::Shown { id, .. }
+            | Effect::Expired { id, .. }
+            | Effect::QueueTimedOut { id, .. }
+            | Effect::Promoted { id, .. } => *id,
+        };
+        let row = pending.and_then(|p| p.get(&id).cloned()).or_else(|| self.live().get(&id).cloned());
+        if row.is_none() {
+            tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
         }
+        row
+    }
+
+    /// The change one ledger effect makes to `row` at `now`, and what to deliver once it is
+    /// durable; `None` when there is nothing to record (a recovered prompt already shown).
+    fn effect_update(&self, e: Effect, row: &InjectionRow, actor: &str, now: i64) -> Option<Step> {
+        let id = row.id;
+        Some(match e {
+            Effect::Shown { at_ms, expires_at_ms, .. } => {
+                if row.status == InjectionStatus::Delivered {
+                    // Recovered on-screen prompts are re-admitted as already shown.
+                    return None;
+                }
+                let late = now.saturating_sub(ms_i64(at_ms)).max(0);
+                self.inner.stats.delivery_latency.observe(Duration::from_millis(ms_u64(late)));
+                let mut d = draft(row, "delivered", actor, None);
+                d.latency_ms = Some(ms_u64(late));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Delivered, now, d);
+                u.show_at = Some(ms_i64(at_ms));
+                u.expires_at = Some(ms_i64(expires_at_ms));
+                Step { update: u, kind: Some(Kind::Show), show_at_ms: Some(at_ms) }
+            }
+            Effect::Expired { at_ms, .. } => {
+                let d = draft(row, "expired", actor, Some("auto_dismissed"));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Expired, now, d);
+                u.outbox = self.outbox(row, EVENT_EXPIRED, ms_u64(now.saturating_sub(ms_i64(at_ms))), now);
+                Step { update: u, kind: Some(Kind::Remove("expired")), show_at_ms: None }
+            }
+            Effect::QueueTimedOut { .. } => {
+                let msg = format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
+                let mut d = draft(row, "failed", actor, Some("queue_timeout"));
+                d.error = Some(msg.clone());
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
+                u.last_error = Some(msg);
+                u.outbox = self.outbox(row, EVENT_FAILED, 0, now);
+                Step { update: u, kind: None, show_at_ms: None }
+            }
+            Effect::Promoted { at_ms, show_at_ms, expires_at_ms, .. } => {
+                let d = draft(row, "scheduled", actor, Some("promoted"));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Scheduled, now, d);
+                u.admitted_at = Some(ms_i64(at_ms));
+                u.show_at = Some(ms_i64(show_at_ms));
+                u.expires_at = Some(ms_i64(expires_at_ms));
+                Step { update: u, kind: None, show_at_ms: None }
+            }
+        })
+    }
+}
+
+/// What one ledger effect changes, before it is written.
+struct Step {
+    update: InjectionUpdate,
+    kind: Option<Kind>,
+    /// The show instant (epoch ms) of a prompt going on screen.
+    show_at_ms: Option<u64>,
+}
+
+/// A status change ready to write: its store operations, and the row as it stands once they
+/// are durable.
+struct Change {
+    ops: Vec<WriteOp>,
+    before: InjectionStatus,
+    after: InjectionRow,
+}
+
+/// One change of a due batch, with what to deliver after the commit.
+struct DueChange {
+    /// Index of its conversation in the batch.
+    conv: usize,
+    change: Change,
+    kind: Option<Kind>,
+    /// For the trace: when the prompt fell due.
+    due: Option<Instant>,
+}
+
+/// The channel delivery a committed change calls for.
+fn delivery(kind: Option<Kind>, row: InjectionRow) -> Option<Delivery> {
+    match kind {
+        Some(Kind::Show) => Some(Delivery::Show(Box::new(row))),
+        Some(Kind::Remove(status)) => Some(Delivery::Remove { row: Box::new(row), status }),
+        None => None,
     }
 }
 
@@ -898,47 +906,56 @@ impl Service {
     /// (the row's own agent id, from the rule that created it, otherwise).
     async fn commit_update_by(
         &self,
-        mut row: InjectionRow,
+        row: InjectionRow,
         u: InjectionUpdate,
         agent_id: Option<&str>,
     ) -> Result<InjectionRow, StoreError> {
-        let id = row.id;
-        let status = u.status;
-        let (admitted_at, show_at, expires_at, queue_deadline, err) =
-            (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
-        let at = u.at;
-        let was_armed = row.status == InjectionStatus::Armed;
-        let from = row.status;
-        let mut ops = Vec::with_capacity(2);
-        if let Some(kind) = engagement_for(from, status) {
-            let mut e = EngagementRow::of(&row, kind, at);
-            e.shown_at = show_at.or(row.show_at);
-            self.stamp_agent(&mut e, agent_id);
-            ops.push(WriteOp::Engagement(e));
-        }
-        ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
+        let (id, status) = (row.id, u.status);
+        let Change { ops, before, after } = self.prepare_change(row, u, agent_id);
         if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
         }
-        if was_armed && status != InjectionStatus::Armed {
-            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id, conversation_id: row.conversation_id });
+        self.change_committed(before, &after);
+        Ok(after)
+    }
+
+    /// The store operations of a status change (the row's update, and the engagement event
+    /// it is, if any) and the row as it will stand once they are durable.
+    fn prepare_change(&self, row: InjectionRow, u: InjectionUpdate, agent_id: Option<&str>) -> Change {
+        let (from, status, at) = (row.status, u.status, u.at);
+        let mut ops = Vec::with_capacity(2);
+        let engagement = engagement_for(from, status).map(|kind| {
+            let mut e = EngagementRow::of(&row, kind, at);
+            e.shown_at = u.show_at.or(row.show_at);
+            self.stamp_agent(&mut e, agent_id);
+            e
+        });
+        let mut after = row;
+        after.status = status;
+        after.updated_at = at;
+        after.admitted_at = u.admitted_at.or(after.admitted_at);
+        after.show_at = u.show_at.or(after.show_at);
+        after.expires_at = u.expires_at.or(after.expires_at);
+        after.queue_deadline = u.queue_deadline.or(after.queue_deadline);
+        after.last_error = u.last_error.clone().or(after.last_error);
+        ops.push(WriteOp::UpdateInjection(Box::new(u)));
+        ops.extend(engagement.map(WriteOp::Engagement));
+        Change { ops, before: from, after }
+    }
+
+    /// Bookkeeping once a change is durable: armed-set listeners, counters, the live map.
+    fn change_committed(&self, before: InjectionStatus, row: &InjectionRow) {
+        if before == InjectionStatus::Armed && row.status != InjectionStatus::Armed {
+            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id: row.id, conversation_id: row.conversation_id });
         }
-        self.inner.stats.count(status);
-        row.status = status;
-        row.updated_at = at;
-        row.admitted_at = admitted_at.or(row.admitted_at);
-        row.show_at = show_at.or(row.show_at);
-        row.expires_at = expires_at.or(row.expires_at);
-        row.queue_deadline = queue_deadline.or(row.queue_deadline);
-        row.last_error = err.or(row.last_error);
+        self.inner.stats.count(row.status);
         let mut live = self.live();
-        if status.is_live() {
-            live.insert(id, row.clone());
+        if row.status.is_live() {
+            live.insert(row.id, row.clone());
         } else {
-            live.remove(&id);
+            live.remove(&row.id);
         }
-        Ok(row)
     }
 
     /// Sends a committed change to the enabled channels.
@@ -968,24 +985,37 @@ impl Service {
         }
     }
 
+    /// Sleeps until the earliest deadline and hands everything due then to a delivery task.
+    ///
+    /// The timer itself never waits for a store write: a prompt falling due while earlier
+    /// ones are committing is picked up on time and written in the next transaction, instead
+    /// of waiting for the earlier writes before the timer even looks at it (which was the
+    /// tail of trigger → panel: see BENCHMARKS.md, "Trigger to panel").
     async fn run_timer(&self) {
+        let mut batches = tokio::task::JoinSet::new();
         loop {
+            while batches.try_join_next().is_some() {}
             if self.is_shutting_down() {
-                return;
+                break;
             }
             let next = self.inner.timers.lock().unwrap_or_else(|p| p.into_inner()).peek().map(|r| r.0 .0);
             let Some(deadline) = next else {
                 self.inner.wake.notified().await;
                 continue;
             };
-            let now = ms_u64(self.now_ms());
-            if deadline > now {
+            // In microseconds: whole milliseconds from a millisecond clock would wake up to a
+            // millisecond after the deadline, on top of the runtime's own timer tick.
+            let now_us = self.inner.clock.now_us();
+            let due_us = ms_i64(deadline).saturating_mul(1000);
+            if due_us > now_us {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                    _ = tokio::time::sleep(Duration::from_micros(ms_u64(due_us - now_us))) => {}
                     _ = self.inner.wake.notified() => {}
                 }
                 continue;
             }
+            let now = ms_u64(now_us.div_euclid(1000)).max(deadline);
+            let woke = Instant::now();
             let mut due = Vec::new();
             {
                 let mut seen = std::collections::HashSet::new();
@@ -1000,27 +1030,156 @@ impl Service {
                     }
                 }
             }
-            let woke = Instant::now();
-            {
-                {
-                }
+            // A backlog after a stall is cut into bounded writes.
+            for chunk in due.chunks(DUE_BATCH) {
+                let (svc, chunk) = (self.clone(), chunk.to_vec());
+                batches.spawn(async move { svc.deliver_due(chunk, woke).await });
             }
-            // Conversations are independent (each has its own ledger lock), so their ticks
-            // run together: their store writes then share group commits instead of paying
-            // one commit each, which is what keeps delivery up with acceptance under load.
-            futures::StreamExt::for_each_concurrent(futures::stream::iter(due), TICK_CONCURRENCY, |conv| {
-                self.tick(conv, woke)
-            })
-            .await;
+        }
+        // What is already being delivered finishes, so `drained` means nothing still writes.
+        while batches.join_next().await.is_some() {}
+    }
+
+    /// Applies what fell due on these conversations with ONE store write, then publishes
+    /// every prompt it put on screen. A conversation whose ledger is busy (an accept or an
+    /// agent's action mid-write) is ticked on its own meanwhile, so it holds up no other.
+    async fn deliver_due(&self, due: Vec<Uuid>, woke: Instant) {
+        let mut held = Vec::with_capacity(due.len());
+        let mut busy = Vec::new();
+        for conv in due {
+            let Some(ledger) = self.ledgers().get(&conv).cloned() else { continue };
+            match ledger.clone().try_lock_owned() {
+                Ok(guard) => held.push((conv, ledger, guard)),
+                Err(_) => busy.push(conv),
+            }
+        }
+        let alone = futures::future::join_all(busy.into_iter().map(|conv| self.tick(conv)));
+        let together = async {
+            let mut guards: Vec<&mut Ledger> = held.iter_mut().map(|(_, _, g)| &mut **g).collect();
+            self.apply_due(&mut guards, woke).await;
+        };
+        tokio::join!(alone, together);
+        for (conv, ledger, guard) in held {
+            self.schedule(conv, guard.next_deadline());
+            let empty = guard.is_empty();
+            drop(guard);
+            self.maybe_drop_ledger(conv, &ledger, empty);
         }
     }
 
+    /// Ticks these (locked) ledgers and records all their effects in one store write; when
+    /// that write fails, each change is tried alone, so one conversation's conflict costs no
+    /// other conversation its delivery.
+    async fn apply_due(&self, ledgers: &mut [&mut Ledger], woke: Instant) {
+        let now = self.now_ms();
+        let tracing_on = self.inner.stats.delivery_trace.is_on();
+        let mut changes: Vec<DueChange> = Vec::new();
+        for (i, ledger) in ledgers.iter_mut().enumerate() {
+            // Rows changed earlier in this write: a later effect on the same injection
+            // (promoted, then shown) starts from where the earlier one left it.
+            let mut pending: HashMap<Uuid, InjectionRow> = HashMap::new();
+            for e in ledger.tick(ms_u64(now)) {
+                let Some(row) = self.effect_row(&e, Some(&pending)) else { continue };
+                let Some(step) = self.effect_update(e, &row, "system", now) else { continue };
+                let due = match step.show_at_ms {
+                    Some(at_ms) if tracing_on => {
+                        let t = Instant::now();
+                        let late_us = self.inner.clock.now_us().saturating_sub(ms_i64(at_ms).saturating_mul(1000));
+                        Some(t.checked_sub(Duration::from_micros(ms_u64(late_us))).unwrap_or(t))
+                    }
+                    _ => None,
+                };
+                let change = self.prepare_change(row, step.update, None);
+                pending.insert(change.after.id, change.after.clone());
+                changes.push(DueChange { conv: i, change, kind: step.kind, due });
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let many = ledgers.len() > 1;
+        let ops: Vec<WriteOp> = if many {
+            changes.iter().flat_map(|c| c.change.ops.iter().cloned()).collect()
+        } else {
+            changes.iter_mut().flat_map(|c| std::mem::take(&mut c.change.ops)).collect()
+        };
+        let submitted = Instant::now();
+        let committed: Vec<(DueChange, Instant)> = match self.write(ops).await {
+            Ok(()) => {
+                let at = Instant::now();
+                changes.into_iter().map(|c| (c, at)).collect()
+            }
+            Err(e) if many => {
+                tracing::warn!(error = %e, changes = changes.len(), "could not record a due batch; recording each change alone");
+                self.write_each(changes).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changes.len(), "could not record what fell due");
+                Vec::new()
+            }
+        };
+        let shows = committed.iter().filter(|(c, _)| matches!(c.kind, Some(Kind::Show))).count();
+        let mut traces = Vec::new();
+        for (c, at) in committed {
+            self.change_committed(c.change.before, &c.change.after);
+            if let Some(due) = c.due {
+                traces.push(DeliveryTrace {
+                    injection_id: c.change.after.id,
+                    conversation_id: c.change.after.conversation_id,
+                    received: None,
+                    admitted: None,
+                    due,
+                    woke,
+                    submitted,
+                    committed: at,
+                    published: at,
+                    batch: shows,
+                });
+            }
+            if let Some(d) = delivery(c.kind, c.change.after) {
+                self.deliver(d);
+            }
+        }
+        let published = Instant::now();
+        for mut t in traces {
+            t.published = published;
+            self.inner.stats.delivery_trace.push(t);
+        }
+    }
+
+    /// The fallback of a failed due batch: each conversation's changes written one by one,
+    /// in order (conversations side by side), as separate writes would have been.
+    async fn write_each(&self, changes: Vec<DueChange>) -> Vec<(DueChange, Instant)> {
+        let mut by_conv: Vec<Vec<DueChange>> = Vec::new();
+        for c in changes {
+            match by_conv.last_mut() {
+                Some(group) if group.first().is_some_and(|g| g.conv == c.conv) => group.push(c),
+                _ => by_conv.push(vec![c]),
+            }
+        }
+        let per_conv = by_conv.into_iter().map(|group| async move {
+            let mut done = Vec::new();
+            for mut c in group {
+                let ops = std::mem::take(&mut c.change.ops);
+                match self.write(ops).await {
+                    Ok(()) => done.push((c, Instant::now())),
+                    Err(e) => {
+                        let (id, to) = (c.change.after.id, c.change.after.status);
+                        tracing::warn!(injection = %id, to = %to, error = %e, "could not record a state change");
+                    }
+                }
+            }
+            done
+        });
+        futures::future::join_all(per_conv).await.into_iter().flatten().collect()
+    }
+
     /// Applies everything due on one conversation.
-    async fn tick(&self, conv: Uuid, woke: Instant) {
+    async fn tick(&self, conv: Uuid) {
         let Some(ledger) = self.ledgers().get(&conv).cloned() else { return };
         let mut guard = ledger.lock().await;
         let effects = guard.tick(ms_u64(self.now_ms()));
-        self.apply_traced(&mut guard, effects, "system", Some(woke)).await;
+        self.apply(&mut guard, effects, "system").await;
         self.schedule(conv, guard.next_deadline());
         let empty = guard.is_empty();
         drop(guard);
@@ -1788,18 +1947,18 @@ mod tests {
         let long = svc.accept(payload(conv, 1, json!({})), meta()).await.unwrap();
         // The manual clock drives the ledger; the test ticks the conversation as the timer would.
         clock.advance(1_000);
-        svc.tick(conv, Instant::now()).await;
+        svc.tick(conv).await;
         let row = store.get_injection(short.injection_id).await.unwrap().unwrap().row;
         assert_eq!(row.status, InjectionStatus::Failed);
         assert!(row.last_error.unwrap().contains("queueTimeoutMs"));
         assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Delivered);
         // a expires at 500 + 10 000; the long waiter is promoted then, and shown 500 ms later.
         clock.set(T0 + 10_500);
-        svc.tick(conv, Instant::now()).await;
+        svc.tick(conv).await;
         assert_eq!(status(&store, a.injection_id).await, InjectionStatus::Expired);
         assert_eq!(status(&store, long.injection_id).await, InjectionStatus::Scheduled);
         clock.set(T0 + 11_000);
-        svc.tick(conv, Instant::now()).await;
+        svc.tick(conv).await;
         let row = store.get_injection(long.injection_id).await.unwrap().unwrap().row;
         assert_eq!((row.status, row.show_at), (InjectionStatus::Delivered, Some(T0 + 11_000)));
         let events: Vec<String> =
