@@ -1972,6 +1972,111 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// Waits (at most 5 s) for the next `prompt` event of a subscription; its injection id.
+    async fn next_prompt(sub: &mut super::super::panel::Subscription) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match sub.live.recv().await {
+                    Ok(ev) if ev.kind == "prompt" => return ev.data["injectionId"].as_str().map(str::to_string),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prompts_falling_due_together_are_delivered_by_one_store_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let mut subs = Vec::new();
+        for _ in 0..40 {
+            let conv = Uuid::now_v7();
+            let a = svc.accept(payload(conv, 3, json!({})), meta()).await.unwrap();
+            subs.push((a.injection_id, svc.panel().subscribe(conv, None)));
+        }
+        let before = store.stats();
+        clock.advance(500);
+        svc.inner.wake.notify_one();
+        for (id, sub) in &mut subs {
+            assert_eq!(next_prompt(sub).await, Some(id.to_string()), "prompt {id} on its panel");
+            // Published only once durable.
+            assert_eq!(status(&store, *id).await, InjectionStatus::Delivered);
+        }
+        let after = store.stats();
+        // Forty "delivered" changes (row, audit record, engagement each): one batch, one commit.
+        assert_eq!(after.batches - before.batches, 1, "{before:?} → {after:?}");
+        assert_eq!(after.transactions - before.transactions, 1, "{before:?} → {after:?}");
+        assert_eq!(after.records - before.records, 40);
+        svc.shutdown();
+        svc.drained().await;
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_conversation_holds_up_no_later_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let pa = svc.accept(payload(a, 3, json!({})), meta()).await.unwrap();
+        let pb = svc.accept(payload(b, 3, json!({})), meta()).await.unwrap();
+        clock.advance(100);
+        let pc = svc.accept(payload(c, 3, json!({})), meta()).await.unwrap();
+        let (mut sa, mut sb, mut sc) =
+            (svc.panel().subscribe(a, None), svc.panel().subscribe(b, None), svc.panel().subscribe(c, None));
+        // Conversation a's ledger is busy (as during an agent's action) when its prompt falls due.
+        let ledger = svc.ledger_for(a);
+        let held = ledger.lock().await;
+        clock.set(T0 + 500);
+        svc.inner.wake.notify_one();
+        assert_eq!(next_prompt(&mut sb).await, Some(pb.injection_id.to_string()));
+        // c falls due later, while a still waits for its ledger: the timer is not stuck on a.
+        clock.set(T0 + 600);
+        svc.inner.wake.notify_one();
+        assert_eq!(next_prompt(&mut sc).await, Some(pc.injection_id.to_string()));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Scheduled);
+        drop(held);
+        assert_eq!(next_prompt(&mut sa).await, Some(pa.injection_id.to_string()));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Delivered);
+        svc.shutdown();
+        svc.drained().await;
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_due_batch_records_each_conversation_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let pa = svc.accept(payload(a, 3, json!({})), meta()).await.unwrap();
+        let pb = svc.accept(payload(b, 3, json!({})), meta()).await.unwrap();
+        // a's row moves behind the service's back: its "delivered" change conflicts, which
+        // fails the batch; b must still be delivered, and a must not be published.
+        let d = draft(&svc.live_row(pa.injection_id).await.unwrap(), "failed", "test", None);
+        let u = InjectionUpdate::new(pa.injection_id, InjectionStatus::Scheduled, InjectionStatus::Failed, T0, d);
+        store.write(WriteOp::UpdateInjection(Box::new(u))).await.unwrap();
+        let (mut sa, mut sb) = (svc.panel().subscribe(a, None), svc.panel().subscribe(b, None));
+        // Held before the clock moves, so the service's own timer cannot take them first.
+        let mut ledgers = [svc.ledger_for(a).lock_owned().await, svc.ledger_for(b).lock_owned().await];
+        clock.advance(500);
+        let mut refs: Vec<&mut Ledger> = ledgers.iter_mut().map(|g| &mut **g).collect();
+        svc.apply_due(&mut refs, Instant::now()).await;
+        assert_eq!(status(&store, pb.injection_id).await, InjectionStatus::Delivered);
+        assert_eq!(sb.live.try_recv().map(|e| e.kind).ok(), Some("prompt"));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Failed);
+        assert!(sa.live.try_recv().is_err(), "a conflicting change is never published");
+        drop(refs);
+        drop(ledgers);
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
     #[test]
     fn engagement_events_follow_status_changes() {
         use InjectionStatus as S;
