@@ -90,11 +90,7 @@ fn utterance(conversation: &str, text: &str) -> serde_json::Value {
 }
 
 /// Where the time of each delivery went, stage by stage, for the live path and the baseline.
-fn stage_breakdown(
-    traces: &[DeliveryTrace],
-    ends: &HashMap<Uuid, (Instant, Instant)>,
-    live_convs: &HashSet<Uuid>,
-) {
+fn stage_breakdown(traces: &[DeliveryTrace], ends: &HashMap<Uuid, (Instant, Instant)>, live_convs: &HashSet<Uuid>) {
     let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
     for (label, live) in [("live path", true), ("baseline", false)] {
         let mut stages: Vec<(&str, Vec<f64>)> = vec![

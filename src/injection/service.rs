@@ -38,8 +38,8 @@ use uuid::Uuid;
 
 use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, Was};
 use super::panel::PanelHub;
-use super::trace::{DeliveryTrace, DeliveryTraces};
 use super::participant_data::{self, PromptAttribute};
+use super::trace::{DeliveryTrace, DeliveryTraces};
 use crate::audit::AuditDraft;
 use crate::contract::payload::TriggerCondition;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
@@ -840,7 +840,8 @@ impl Service {
                 Step { update: u, kind: Some(Kind::Remove("expired")), show_at_ms: None }
             }
             Effect::QueueTimedOut { .. } => {
-                let msg = format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
+                let msg =
+                    format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
                 let mut d = draft(row, "failed", actor, Some("queue_timeout"));
                 d.error = Some(msg.clone());
                 let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
@@ -947,7 +948,10 @@ impl Service {
     /// Bookkeeping once a change is durable: armed-set listeners, counters, the live map.
     fn change_committed(&self, before: InjectionStatus, row: &InjectionRow) {
         if before == InjectionStatus::Armed && row.status != InjectionStatus::Armed {
-            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id: row.id, conversation_id: row.conversation_id });
+            let _ = self
+                .inner
+                .armed_changes
+                .send(ArmedChange::Disarmed { id: row.id, conversation_id: row.conversation_id });
         }
         self.inner.stats.count(row.status);
         let mut live = self.live();
