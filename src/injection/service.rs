@@ -1058,17 +1058,21 @@ impl Service {
             }
         }
         let alone = futures::future::join_all(busy.into_iter().map(|conv| self.tick(conv)));
-        let together = async {
+        // The batch lets go of its ledgers as soon as its write is done, never after the busy
+        // ones: those wait for locks, and a batch holding its own while waiting could close a
+        // cycle with another batch doing the same.
+        let together = async move {
+            let mut held = held;
             let mut guards: Vec<&mut Ledger> = held.iter_mut().map(|(_, _, g)| &mut **g).collect();
             self.apply_due(&mut guards, woke).await;
+            for (conv, ledger, guard) in held {
+                self.schedule(conv, guard.next_deadline());
+                let empty = guard.is_empty();
+                drop(guard);
+                self.maybe_drop_ledger(conv, &ledger, empty);
+            }
         };
         tokio::join!(alone, together);
-        for (conv, ledger, guard) in held {
-            self.schedule(conv, guard.next_deadline());
-            let empty = guard.is_empty();
-            drop(guard);
-            self.maybe_drop_ledger(conv, &ledger, empty);
-        }
     }
 
     /// Ticks these (locked) ledgers and records all their effects in one store write; when
