@@ -9,6 +9,11 @@
 //! engine) → the prompt on its panel stream, minus `delayMs`. The difference is what the
 //! live path (websocket, parsing, engine, rule injection) adds.
 //!
+//! Where the time goes: the service's opt-in delivery traces (`injection::trace`) give each
+//! prompt's stages (received by the service → admitted; due → timer woke → "delivered" write
+//! submitted → committed → published; published → received by the subscriber), printed as a
+//! table per stage for the live path and the baseline, with the prompts per delivery write.
+//!
 //! Run: `cargo bench --bench live` (or `-- --conversations N --rate N --secs N`). Emulator,
 //! service and load generator share the process and the machine's cores.
 
@@ -96,7 +101,7 @@ fn stage_breakdown(traces: &[DeliveryTrace], ends: &HashMap<Uuid, (Instant, Inst
         let mut stages: Vec<(&str, Vec<f64>)> = vec![
             ("sent → received by the service (websocket, parse; live only)", vec![]),
             ("received → admitted (runtime + durable accept)", vec![]),
-            ("admitted → due, minus delayMs (ms rounding of showAt)", vec![]),
+            ("admitted → due, minus delayMs (negative: showAt counts from before the accept's write)", vec![]),
             ("due → timer woke", vec![]),
             ("timer woke → delivered write submitted (ledger lock, tick)", vec![]),
             ("write submitted → committed", vec![]),
