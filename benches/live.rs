@@ -9,9 +9,15 @@
 //! engine) → the prompt on its panel stream, minus `delayMs`. The difference is what the
 //! live path (websocket, parsing, engine, rule injection) adds.
 //!
+//! Where the time goes: the service's opt-in delivery traces (`injection::trace`) give each
+//! prompt's stages (received by the service → admitted; due → timer woke → "delivered" write
+//! submitted → committed → published; published → received by the subscriber), printed as a
+//! table per stage for the live path and the baseline, with the prompts per delivery write.
+//!
 //! Run: `cargo bench --bench live` (or `-- --conversations N --rate N --secs N`). Emulator,
 //! service and load generator share the process and the machine's cores.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +28,7 @@ use gc_assist::contract::{validate_value, Priority};
 use gc_assist::emulator::{self, CallSource, EmulatorConfig, NewConversation};
 use gc_assist::genesys::{GenesysClient, NotificationSettings};
 use gc_assist::injection::service::{AcceptMeta, Channels, Service, ServiceDeps};
+use gc_assist::injection::trace::DeliveryTrace;
 use gc_assist::store::{Source, Store, StoreOptions, SystemClock};
 use gc_assist::triggers::live::{LiveDeps, LiveRuntime};
 use gc_assist::triggers::{CompiledRules, Rule, RulePrompt, RuleSet};
@@ -87,6 +94,63 @@ fn utterance(conversation: &str, text: &str) -> serde_json::Value {
     })
 }
 
+/// Where the time of each delivery went, stage by stage, for the live path and the baseline.
+fn stage_breakdown(traces: &[DeliveryTrace], ends: &HashMap<Uuid, (Instant, Instant)>, live_convs: &HashSet<Uuid>) {
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+    for (label, live) in [("live path", true), ("baseline", false)] {
+        let mut stages: Vec<(&str, Vec<f64>)> = vec![
+            ("sent → received by the service (websocket, parse; live only)", vec![]),
+            ("received → admitted (runtime + durable accept)", vec![]),
+            ("admitted → due, minus delayMs (negative: showAt counts from before the accept's write)", vec![]),
+            ("due → timer woke", vec![]),
+            ("timer woke → delivered write submitted (ledger lock, tick)", vec![]),
+            ("write submitted → committed", vec![]),
+            ("committed → published on the panel hub", vec![]),
+            ("published → received by the subscriber", vec![]),
+            ("prompts per delivery write", vec![]),
+        ];
+        for t in traces.iter().filter(|t| live_convs.contains(&t.conversation_id) == live) {
+            let Some(&(sent, got)) = ends.get(&t.conversation_id) else { continue };
+            let (Some(received), Some(admitted)) = (t.received, t.admitted) else { continue };
+            let signed = |a: Instant, b: Instant| {
+                if b >= a {
+                    ms(a, b)
+                } else {
+                    -ms(b, a)
+                }
+            };
+            let v = [
+                ms(sent, received),
+                ms(received, admitted),
+                signed(admitted, t.due) - DELAY_MS as f64,
+                signed(t.due, t.woke),
+                ms(t.woke, t.submitted),
+                ms(t.submitted, t.committed),
+                ms(t.committed, t.published),
+                ms(t.published, got),
+                t.batch as f64,
+            ];
+            for (s, x) in stages.iter_mut().zip(v) {
+                s.1.push(x);
+            }
+        }
+        println!("stages, {label}:");
+        println!("| stage | p50 | p99 | max | n |");
+        println!("|---|---|---|---|---|");
+        for (what, mut v) in stages {
+            v.sort_by(f64::total_cmp);
+            println!(
+                "| {what} | {:.2} | {:.2} | {:.2} | {} |",
+                percentile(&v, 0.5),
+                percentile(&v, 0.99),
+                v.last().copied().unwrap_or(f64::NAN),
+                v.len()
+            );
+        }
+        println!();
+    }
+}
+
 fn statm_rss_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -124,6 +188,7 @@ async fn run(p: Params) {
     })
     .await
     .expect("service");
+    service.stats().delivery_trace.enable();
     let content = PromptContent {
         title: "Refund policy".into(),
         body: "Refunds within 30 days of purchase.".into(),
@@ -180,13 +245,15 @@ async fn run(p: Params) {
 
     // Panel subscriptions, then the load.
     let live_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    // Conversation → (sent, received on its panel stream), live path and baseline alike.
+    let ends: Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>> = Arc::default();
     let published: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; p.conversations]));
     let mut waiters = Vec::new();
     let wait_for = Duration::from_secs(p.secs + 30);
     for (i, c) in convs.iter().enumerate() {
         let id = Uuid::parse_str(c).expect("uuid");
         let mut sub = service.panel().subscribe(id, None);
-        let (lat, published) = (live_lat.clone(), published.clone());
+        let (lat, published, ends) = (live_lat.clone(), published.clone(), ends.clone());
         waiters.push(tokio::spawn(async move {
             let got = tokio::time::timeout(wait_for, async {
                 loop {
@@ -202,6 +269,7 @@ async fn run(p: Params) {
             if let (Ok(Some(at)), Some(sent)) = (got, published.lock().expect("lock")[i]) {
                 let ms = at.duration_since(sent).as_secs_f64() * 1000.0 - DELAY_MS as f64;
                 lat.lock().expect("lock").push(ms);
+                ends.lock().expect("lock").insert(id, (sent, at));
             }
         }));
     }
@@ -209,7 +277,7 @@ async fn run(p: Params) {
     // Baseline: direct accepts (no conditions) on other conversations, 100/s, same window.
     let base_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
     let baseline = {
-        let (service, lat) = (service.clone(), base_lat.clone());
+        let (service, lat, ends) = (service.clone(), base_lat.clone(), ends.clone());
         let n = (p.secs * 100) as usize;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -226,7 +294,7 @@ async fn run(p: Params) {
                 }))
                 .expect("payload");
                 let mut sub = service.panel().subscribe(conv, None);
-                let (service, lat) = (service.clone(), lat.clone());
+                let (service, lat, ends) = (service.clone(), lat.clone(), ends.clone());
                 tasks.push(tokio::spawn(async move {
                     let sent = Instant::now();
                     let meta = AcceptMeta {
@@ -241,8 +309,10 @@ async fn run(p: Params) {
                     }
                     while let Ok(ev) = sub.live.recv().await {
                         if ev.kind == "prompt" {
-                            let ms = sent.elapsed().as_secs_f64() * 1000.0 - DELAY_MS as f64;
+                            let at = Instant::now();
+                            let ms = at.duration_since(sent).as_secs_f64() * 1000.0 - DELAY_MS as f64;
                             lat.lock().expect("lock").push(ms);
+                            ends.lock().expect("lock").insert(conv, (sent, at));
                             return;
                         }
                     }
@@ -327,6 +397,16 @@ async fn run(p: Params) {
         if count > 0 { sum * 1000.0 / count as f64 } else { f64::NAN },
         100.0 * within(10.0) as f64 / count.max(1) as f64,
         100.0 * within(25.0) as f64 / count.max(1) as f64,
+    );
+    println!();
+    let live_convs: HashSet<Uuid> = convs.iter().filter_map(|c| Uuid::parse_str(c).ok()).collect();
+    stage_breakdown(&service.stats().delivery_trace.take(), &ends.lock().expect("lock"), &live_convs);
+    let w = service.store().stats();
+    println!(
+        "store writer: {} transactions, {} batches ({:.1} batches per transaction)",
+        w.transactions,
+        w.batches,
+        w.batches as f64 / w.transactions.max(1) as f64
     );
     println!();
     println!(

@@ -6,3 +6,4 @@ pub mod direct;
 pub mod panel;
 pub mod participant_data;
 pub mod service;
+pub mod trace;

@@ -39,6 +39,7 @@ use uuid::Uuid;
 use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, Was};
 use super::panel::PanelHub;
 use super::participant_data::{self, PromptAttribute};
+use super::trace::{DeliveryTrace, DeliveryTraces};
 use crate::audit::AuditDraft;
 use crate::contract::payload::TriggerCondition;
 use crate::contract::{resolve_prompt, Catalogue, Issue, OnCapacity, Priority, ValidPayload};
@@ -48,9 +49,9 @@ use crate::store::{
     Source, Store, StoreError, WriteOp,
 };
 
-/// Due conversations ticked at once by the timer; bounded so a huge backlog after a
-/// stall does not open thousands of store writes in one go.
-const TICK_CONCURRENCY: usize = 256;
+/// Due conversations delivered by one store write; a backlog after a stall is cut into
+/// writes of this many, so no single transaction grows without bound.
+const DUE_BATCH: usize = 256;
 
 /// Webhook event types (CONTRACT §5).
 pub const EVENT_INJECTED: &str = "AGENT_ASSIST_PROMPT_INJECTED";
@@ -243,6 +244,8 @@ pub struct ServiceStats {
     pub rule_decisions: Mutex<HashMap<&'static str, u64>>,
     /// Conversations the live trigger runtime follows now (agent connected, not ended).
     pub live_conversations: AtomicU64,
+    /// Per-delivery stage timings, off unless a benchmark turns them on.
+    pub delivery_trace: DeliveryTraces,
 }
 
 impl ServiceStats {
@@ -759,6 +762,7 @@ impl Service {
             });
         }
         self.inner.stats.admit_latency.observe(meta.received_at.elapsed());
+        self.inner.stats.delivery_trace.note_admitted(id, meta.received_at, Instant::now());
         self.inner.stats.count(row.status);
         if row.status == InjectionStatus::Armed {
             let _ = self.inner.armed_changes.send(ArmedChange::Armed {
@@ -783,67 +787,112 @@ impl Service {
         let mut deliveries = Vec::new();
         for e in effects {
             let now = self.now_ms();
-            let id = match &e {
-                Effect::Shown { id, .. }
-                | Effect::Expired { id, .. }
-                | Effect::QueueTimedOut { id, .. }
-                | Effect::Promoted { id, .. } => *id,
-            };
-            let Some(row) = self.live().get(&id).cloned() else {
-                tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
-                continue;
-            };
-            let (update, delivery) = match e {
-                Effect::Shown { at_ms, expires_at_ms, .. } => {
-                    if row.status == InjectionStatus::Delivered {
-                        // Recovered on-screen prompts are re-admitted as already shown.
-                        continue;
-                    }
-                    let late = now.saturating_sub(ms_i64(at_ms)).max(0);
-                    self.inner.stats.delivery_latency.observe(Duration::from_millis(ms_u64(late)));
-                    let mut d = draft(&row, "delivered", actor, None);
-                    d.latency_ms = Some(ms_u64(late));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Delivered, now, d);
-                    u.show_at = Some(ms_i64(at_ms));
-                    u.expires_at = Some(ms_i64(expires_at_ms));
-                    (u, Some(Kind::Show))
-                }
-                Effect::Expired { at_ms, .. } => {
-                    let d = draft(&row, "expired", actor, Some("auto_dismissed"));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Expired, now, d);
-                    u.outbox = self.outbox(&row, EVENT_EXPIRED, ms_u64(now.saturating_sub(ms_i64(at_ms))), now);
-                    (u, Some(Kind::Remove("expired")))
-                }
-                Effect::QueueTimedOut { .. } => {
-                    let msg =
-                        format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
-                    let mut d = draft(&row, "failed", actor, Some("queue_timeout"));
-                    d.error = Some(msg.clone());
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
-                    u.last_error = Some(msg);
-                    u.outbox = self.outbox(&row, EVENT_FAILED, 0, now);
-                    (u, None)
-                }
-                Effect::Promoted { at_ms, show_at_ms, expires_at_ms, .. } => {
-                    let d = draft(&row, "scheduled", actor, Some("promoted"));
-                    let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Scheduled, now, d);
-                    u.admitted_at = Some(ms_i64(at_ms));
-                    u.show_at = Some(ms_i64(show_at_ms));
-                    u.expires_at = Some(ms_i64(expires_at_ms));
-                    (u, None)
-                }
-            };
-            if let Ok(row) = self.commit_update(row, update).await {
-                match delivery {
-                    Some(Kind::Show) => deliveries.push(Delivery::Show(Box::new(row))),
-                    Some(Kind::Remove(status)) => deliveries.push(Delivery::Remove { row: Box::new(row), status }),
-                    None => {}
-                }
+            let Some(row) = self.effect_row(&e, None) else { continue };
+            let Some(step) = self.effect_update(e, &row, actor, now) else { continue };
+            if let Ok(row) = self.commit_update(row, step.update).await {
+                deliveries.extend(delivery(step.kind, row));
             }
         }
         for d in deliveries {
             self.deliver(d);
         }
+    }
+
+    /// The live row an effect is about: the one `pending` holds (changed earlier in the
+    /// same write), else the live map's.
+    fn effect_row(&self, e: &Effect, pending: Option<&HashMap<Uuid, InjectionRow>>) -> Option<InjectionRow> {
+        let id = match e {
+            Effect::Shown { id, .. }
+            | Effect::Expired { id, .. }
+            | Effect::QueueTimedOut { id, .. }
+            | Effect::Promoted { id, .. } => *id,
+        };
+        let row = pending.and_then(|p| p.get(&id).cloned()).or_else(|| self.live().get(&id).cloned());
+        if row.is_none() {
+            tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
+        }
+        row
+    }
+
+    /// The change one ledger effect makes to `row` at `now`, and what to deliver once it is
+    /// durable; `None` when there is nothing to record (a recovered prompt already shown).
+    fn effect_update(&self, e: Effect, row: &InjectionRow, actor: &str, now: i64) -> Option<Step> {
+        let id = row.id;
+        Some(match e {
+            Effect::Shown { at_ms, expires_at_ms, .. } => {
+                if row.status == InjectionStatus::Delivered {
+                    // Recovered on-screen prompts are re-admitted as already shown.
+                    return None;
+                }
+                let late = now.saturating_sub(ms_i64(at_ms)).max(0);
+                self.inner.stats.delivery_latency.observe(Duration::from_millis(ms_u64(late)));
+                let mut d = draft(row, "delivered", actor, None);
+                d.latency_ms = Some(ms_u64(late));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Delivered, now, d);
+                u.show_at = Some(ms_i64(at_ms));
+                u.expires_at = Some(ms_i64(expires_at_ms));
+                Step { update: u, kind: Some(Kind::Show), show_at_ms: Some(at_ms) }
+            }
+            Effect::Expired { at_ms, .. } => {
+                let d = draft(row, "expired", actor, Some("auto_dismissed"));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Expired, now, d);
+                u.outbox = self.outbox(row, EVENT_EXPIRED, ms_u64(now.saturating_sub(ms_i64(at_ms))), now);
+                Step { update: u, kind: Some(Kind::Remove("expired")), show_at_ms: None }
+            }
+            Effect::QueueTimedOut { .. } => {
+                let msg =
+                    format!("no display slot freed within queueTimeoutMs ({} ms)", row.payload.queue_timeout_ms());
+                let mut d = draft(row, "failed", actor, Some("queue_timeout"));
+                d.error = Some(msg.clone());
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Failed, now, d);
+                u.last_error = Some(msg);
+                u.outbox = self.outbox(row, EVENT_FAILED, 0, now);
+                Step { update: u, kind: None, show_at_ms: None }
+            }
+            Effect::Promoted { at_ms, show_at_ms, expires_at_ms, .. } => {
+                let d = draft(row, "scheduled", actor, Some("promoted"));
+                let mut u = InjectionUpdate::new(id, row.status, InjectionStatus::Scheduled, now, d);
+                u.admitted_at = Some(ms_i64(at_ms));
+                u.show_at = Some(ms_i64(show_at_ms));
+                u.expires_at = Some(ms_i64(expires_at_ms));
+                Step { update: u, kind: None, show_at_ms: None }
+            }
+        })
+    }
+}
+
+/// What one ledger effect changes, before it is written.
+struct Step {
+    update: InjectionUpdate,
+    kind: Option<Kind>,
+    /// The show instant (epoch ms) of a prompt going on screen.
+    show_at_ms: Option<u64>,
+}
+
+/// A status change ready to write: its store operations, and the row as it stands once they
+/// are durable.
+struct Change {
+    ops: Vec<WriteOp>,
+    before: InjectionStatus,
+    after: InjectionRow,
+}
+
+/// One change of a due batch, with what to deliver after the commit.
+struct DueChange {
+    /// Index of its conversation in the batch.
+    conv: usize,
+    change: Change,
+    kind: Option<Kind>,
+    /// For the trace: when the prompt fell due.
+    due: Option<Instant>,
+}
+
+/// The channel delivery a committed change calls for.
+fn delivery(kind: Option<Kind>, row: InjectionRow) -> Option<Delivery> {
+    match kind {
+        Some(Kind::Show) => Some(Delivery::Show(Box::new(row))),
+        Some(Kind::Remove(status)) => Some(Delivery::Remove { row: Box::new(row), status }),
+        None => None,
     }
 }
 
@@ -858,47 +907,59 @@ impl Service {
     /// (the row's own agent id, from the rule that created it, otherwise).
     async fn commit_update_by(
         &self,
-        mut row: InjectionRow,
+        row: InjectionRow,
         u: InjectionUpdate,
         agent_id: Option<&str>,
     ) -> Result<InjectionRow, StoreError> {
-        let id = row.id;
-        let status = u.status;
-        let (admitted_at, show_at, expires_at, queue_deadline, err) =
-            (u.admitted_at, u.show_at, u.expires_at, u.queue_deadline, u.last_error.clone());
-        let at = u.at;
-        let was_armed = row.status == InjectionStatus::Armed;
-        let from = row.status;
-        let mut ops = Vec::with_capacity(2);
-        if let Some(kind) = engagement_for(from, status) {
-            let mut e = EngagementRow::of(&row, kind, at);
-            e.shown_at = show_at.or(row.show_at);
-            self.stamp_agent(&mut e, agent_id);
-            ops.push(WriteOp::Engagement(e));
-        }
-        ops.insert(0, WriteOp::UpdateInjection(Box::new(u)));
+        let (id, status) = (row.id, u.status);
+        let Change { ops, before, after } = self.prepare_change(row, u, agent_id);
         if let Err(e) = self.write(ops).await {
             tracing::warn!(injection = %id, to = %status, error = %e, "could not record a state change");
             return Err(e);
         }
-        if was_armed && status != InjectionStatus::Armed {
-            let _ = self.inner.armed_changes.send(ArmedChange::Disarmed { id, conversation_id: row.conversation_id });
+        self.change_committed(before, &after);
+        Ok(after)
+    }
+
+    /// The store operations of a status change (the row's update, and the engagement event
+    /// it is, if any) and the row as it will stand once they are durable.
+    fn prepare_change(&self, row: InjectionRow, u: InjectionUpdate, agent_id: Option<&str>) -> Change {
+        let (from, status, at) = (row.status, u.status, u.at);
+        let mut ops = Vec::with_capacity(2);
+        let engagement = engagement_for(from, status).map(|kind| {
+            let mut e = EngagementRow::of(&row, kind, at);
+            e.shown_at = u.show_at.or(row.show_at);
+            self.stamp_agent(&mut e, agent_id);
+            e
+        });
+        let mut after = row;
+        after.status = status;
+        after.updated_at = at;
+        after.admitted_at = u.admitted_at.or(after.admitted_at);
+        after.show_at = u.show_at.or(after.show_at);
+        after.expires_at = u.expires_at.or(after.expires_at);
+        after.queue_deadline = u.queue_deadline.or(after.queue_deadline);
+        after.last_error = u.last_error.clone().or(after.last_error);
+        ops.push(WriteOp::UpdateInjection(Box::new(u)));
+        ops.extend(engagement.map(WriteOp::Engagement));
+        Change { ops, before: from, after }
+    }
+
+    /// Bookkeeping once a change is durable: armed-set listeners, counters, the live map.
+    fn change_committed(&self, before: InjectionStatus, row: &InjectionRow) {
+        if before == InjectionStatus::Armed && row.status != InjectionStatus::Armed {
+            let _ = self
+                .inner
+                .armed_changes
+                .send(ArmedChange::Disarmed { id: row.id, conversation_id: row.conversation_id });
         }
-        self.inner.stats.count(status);
-        row.status = status;
-        row.updated_at = at;
-        row.admitted_at = admitted_at.or(row.admitted_at);
-        row.show_at = show_at.or(row.show_at);
-        row.expires_at = expires_at.or(row.expires_at);
-        row.queue_deadline = queue_deadline.or(row.queue_deadline);
-        row.last_error = err.or(row.last_error);
+        self.inner.stats.count(row.status);
         let mut live = self.live();
-        if status.is_live() {
-            live.insert(id, row.clone());
+        if row.status.is_live() {
+            live.insert(row.id, row.clone());
         } else {
-            live.remove(&id);
+            live.remove(&row.id);
         }
-        Ok(row)
     }
 
     /// Sends a committed change to the enabled channels.
@@ -928,24 +989,37 @@ impl Service {
         }
     }
 
+    /// Sleeps until the earliest deadline and hands everything due then to a delivery task.
+    ///
+    /// The timer itself never waits for a store write: a prompt falling due while earlier
+    /// ones are committing is picked up on time and written in the next transaction, instead
+    /// of waiting for the earlier writes before the timer even looks at it (which was the
+    /// tail of trigger → panel: see BENCHMARKS.md, "Trigger to panel").
     async fn run_timer(&self) {
+        let mut batches = tokio::task::JoinSet::new();
         loop {
+            while batches.try_join_next().is_some() {}
             if self.is_shutting_down() {
-                return;
+                break;
             }
             let next = self.inner.timers.lock().unwrap_or_else(|p| p.into_inner()).peek().map(|r| r.0 .0);
             let Some(deadline) = next else {
                 self.inner.wake.notified().await;
                 continue;
             };
-            let now = ms_u64(self.now_ms());
-            if deadline > now {
+            // In microseconds: whole milliseconds from a millisecond clock would wake up to a
+            // millisecond after the deadline, on top of the runtime's own timer tick.
+            let now_us = self.inner.clock.now_us();
+            let due_us = ms_i64(deadline).saturating_mul(1000);
+            if due_us > now_us {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                    _ = tokio::time::sleep(Duration::from_micros(ms_u64(due_us - now_us))) => {}
                     _ = self.inner.wake.notified() => {}
                 }
                 continue;
             }
+            let now = ms_u64(now_us.div_euclid(1000)).max(deadline);
+            let woke = Instant::now();
             let mut due = Vec::new();
             {
                 let mut seen = std::collections::HashSet::new();
@@ -960,14 +1034,152 @@ impl Service {
                     }
                 }
             }
-            // Conversations are independent (each has its own ledger lock), so their ticks
-            // run together: their store writes then share group commits instead of paying
-            // one commit each, which is what keeps delivery up with acceptance under load.
-            futures::StreamExt::for_each_concurrent(futures::stream::iter(due), TICK_CONCURRENCY, |conv| {
-                self.tick(conv)
-            })
-            .await;
+            // A backlog after a stall is cut into bounded writes.
+            for chunk in due.chunks(DUE_BATCH) {
+                let (svc, chunk) = (self.clone(), chunk.to_vec());
+                batches.spawn(async move { svc.deliver_due(chunk, woke).await });
+            }
         }
+        // What is already being delivered finishes, so `drained` means nothing still writes.
+        while batches.join_next().await.is_some() {}
+    }
+
+    /// Applies what fell due on these conversations with ONE store write, then publishes
+    /// every prompt it put on screen. A conversation whose ledger is busy (an accept or an
+    /// agent's action mid-write) is ticked on its own meanwhile, so it holds up no other.
+    async fn deliver_due(&self, due: Vec<Uuid>, woke: Instant) {
+        let mut held = Vec::with_capacity(due.len());
+        let mut busy = Vec::new();
+        for conv in due {
+            let Some(ledger) = self.ledgers().get(&conv).cloned() else { continue };
+            match ledger.clone().try_lock_owned() {
+                Ok(guard) => held.push((conv, ledger, guard)),
+                Err(_) => busy.push(conv),
+            }
+        }
+        let alone = futures::future::join_all(busy.into_iter().map(|conv| self.tick(conv)));
+        // The batch lets go of its ledgers as soon as its write is done, never after the busy
+        // ones: those wait for locks, and a batch holding its own while waiting could close a
+        // cycle with another batch doing the same.
+        let together = async move {
+            let mut held = held;
+            let mut guards: Vec<&mut Ledger> = held.iter_mut().map(|(_, _, g)| &mut **g).collect();
+            self.apply_due(&mut guards, woke).await;
+            for (conv, ledger, guard) in held {
+                self.schedule(conv, guard.next_deadline());
+                let empty = guard.is_empty();
+                drop(guard);
+                self.maybe_drop_ledger(conv, &ledger, empty);
+            }
+        };
+        tokio::join!(alone, together);
+    }
+
+    /// Ticks these (locked) ledgers and records all their effects in one store write; when
+    /// that write fails, each change is tried alone, so one conversation's conflict costs no
+    /// other conversation its delivery.
+    async fn apply_due(&self, ledgers: &mut [&mut Ledger], woke: Instant) {
+        let now = self.now_ms();
+        let tracing_on = self.inner.stats.delivery_trace.is_on();
+        let mut changes: Vec<DueChange> = Vec::new();
+        for (i, ledger) in ledgers.iter_mut().enumerate() {
+            // Rows changed earlier in this write: a later effect on the same injection
+            // (promoted, then shown) starts from where the earlier one left it.
+            let mut pending: HashMap<Uuid, InjectionRow> = HashMap::new();
+            for e in ledger.tick(ms_u64(now)) {
+                let Some(row) = self.effect_row(&e, Some(&pending)) else { continue };
+                let Some(step) = self.effect_update(e, &row, "system", now) else { continue };
+                let due = match step.show_at_ms {
+                    Some(at_ms) if tracing_on => {
+                        let t = Instant::now();
+                        let late_us = self.inner.clock.now_us().saturating_sub(ms_i64(at_ms).saturating_mul(1000));
+                        Some(t.checked_sub(Duration::from_micros(ms_u64(late_us))).unwrap_or(t))
+                    }
+                    _ => None,
+                };
+                let change = self.prepare_change(row, step.update, None);
+                pending.insert(change.after.id, change.after.clone());
+                changes.push(DueChange { conv: i, change, kind: step.kind, due });
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let many = ledgers.len() > 1;
+        let ops: Vec<WriteOp> = if many {
+            changes.iter().flat_map(|c| c.change.ops.iter().cloned()).collect()
+        } else {
+            changes.iter_mut().flat_map(|c| std::mem::take(&mut c.change.ops)).collect()
+        };
+        let submitted = Instant::now();
+        let committed: Vec<(DueChange, Instant)> = match self.write(ops).await {
+            Ok(()) => {
+                let at = Instant::now();
+                changes.into_iter().map(|c| (c, at)).collect()
+            }
+            Err(e) if many => {
+                tracing::warn!(error = %e, changes = changes.len(), "could not record a due batch; recording each change alone");
+                self.write_each(changes).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changes.len(), "could not record what fell due");
+                Vec::new()
+            }
+        };
+        let shows = committed.iter().filter(|(c, _)| matches!(c.kind, Some(Kind::Show))).count();
+        let mut traces = Vec::new();
+        for (c, at) in committed {
+            self.change_committed(c.change.before, &c.change.after);
+            if let Some(due) = c.due {
+                traces.push(DeliveryTrace {
+                    injection_id: c.change.after.id,
+                    conversation_id: c.change.after.conversation_id,
+                    received: None,
+                    admitted: None,
+                    due,
+                    woke,
+                    submitted,
+                    committed: at,
+                    published: at,
+                    batch: shows,
+                });
+            }
+            if let Some(d) = delivery(c.kind, c.change.after) {
+                self.deliver(d);
+            }
+        }
+        let published = Instant::now();
+        for mut t in traces {
+            t.published = published;
+            self.inner.stats.delivery_trace.push(t);
+        }
+    }
+
+    /// The fallback of a failed due batch: each conversation's changes written one by one,
+    /// in order (conversations side by side), as separate writes would have been.
+    async fn write_each(&self, changes: Vec<DueChange>) -> Vec<(DueChange, Instant)> {
+        let mut by_conv: Vec<Vec<DueChange>> = Vec::new();
+        for c in changes {
+            match by_conv.last_mut() {
+                Some(group) if group.first().is_some_and(|g| g.conv == c.conv) => group.push(c),
+                _ => by_conv.push(vec![c]),
+            }
+        }
+        let per_conv = by_conv.into_iter().map(|group| async move {
+            let mut done = Vec::new();
+            for mut c in group {
+                let ops = std::mem::take(&mut c.change.ops);
+                match self.write(ops).await {
+                    Ok(()) => done.push((c, Instant::now())),
+                    Err(e) => {
+                        let (id, to) = (c.change.after.id, c.change.after.status);
+                        tracing::warn!(injection = %id, to = %to, error = %e, "could not record a state change");
+                    }
+                }
+            }
+            done
+        });
+        futures::future::join_all(per_conv).await.into_iter().flatten().collect()
     }
 
     /// Applies everything due on one conversation.
@@ -1764,6 +1976,111 @@ mod tests {
         }
         let kinds: Vec<&str> = svc.panel().subscribe(conv, None).backlog.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["prompt", "remove", "prompt"]);
+        svc.shutdown();
+        store.close().await.unwrap();
+    }
+
+    /// Waits (at most 5 s) for the next `prompt` event of a subscription; its injection id.
+    async fn next_prompt(sub: &mut super::super::panel::Subscription) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match sub.live.recv().await {
+                    Ok(ev) if ev.kind == "prompt" => return ev.data["injectionId"].as_str().map(str::to_string),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prompts_falling_due_together_are_delivered_by_one_store_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let mut subs = Vec::new();
+        for _ in 0..40 {
+            let conv = Uuid::now_v7();
+            let a = svc.accept(payload(conv, 3, json!({})), meta()).await.unwrap();
+            subs.push((a.injection_id, svc.panel().subscribe(conv, None)));
+        }
+        let before = store.stats();
+        clock.advance(500);
+        svc.inner.wake.notify_one();
+        for (id, sub) in &mut subs {
+            assert_eq!(next_prompt(sub).await, Some(id.to_string()), "prompt {id} on its panel");
+            // Published only once durable.
+            assert_eq!(status(&store, *id).await, InjectionStatus::Delivered);
+        }
+        let after = store.stats();
+        // Forty "delivered" changes (row, audit record, engagement each): one batch, one commit.
+        assert_eq!(after.batches - before.batches, 1, "{before:?} → {after:?}");
+        assert_eq!(after.transactions - before.transactions, 1, "{before:?} → {after:?}");
+        assert_eq!(after.records - before.records, 40);
+        svc.shutdown();
+        svc.drained().await;
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_conversation_holds_up_no_later_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let pa = svc.accept(payload(a, 3, json!({})), meta()).await.unwrap();
+        let pb = svc.accept(payload(b, 3, json!({})), meta()).await.unwrap();
+        clock.advance(100);
+        let pc = svc.accept(payload(c, 3, json!({})), meta()).await.unwrap();
+        let (mut sa, mut sb, mut sc) =
+            (svc.panel().subscribe(a, None), svc.panel().subscribe(b, None), svc.panel().subscribe(c, None));
+        // Conversation a's ledger is busy (as during an agent's action) when its prompt falls due.
+        let ledger = svc.ledger_for(a);
+        let held = ledger.lock().await;
+        clock.set(T0 + 500);
+        svc.inner.wake.notify_one();
+        assert_eq!(next_prompt(&mut sb).await, Some(pb.injection_id.to_string()));
+        // c falls due later, while a still waits for its ledger: the timer is not stuck on a.
+        clock.set(T0 + 600);
+        svc.inner.wake.notify_one();
+        assert_eq!(next_prompt(&mut sc).await, Some(pc.injection_id.to_string()));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Scheduled);
+        drop(held);
+        assert_eq!(next_prompt(&mut sa).await, Some(pa.injection_id.to_string()));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Delivered);
+        svc.shutdown();
+        svc.drained().await;
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_due_batch_records_each_conversation_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let (svc, store) = service(dir.path(), &clock, vec![]).await;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let pa = svc.accept(payload(a, 3, json!({})), meta()).await.unwrap();
+        let pb = svc.accept(payload(b, 3, json!({})), meta()).await.unwrap();
+        // a's row moves behind the service's back: its "delivered" change conflicts, which
+        // fails the batch; b must still be delivered, and a must not be published.
+        let d = draft(&svc.live_row(pa.injection_id).await.unwrap(), "failed", "test", None);
+        let u = InjectionUpdate::new(pa.injection_id, InjectionStatus::Scheduled, InjectionStatus::Failed, T0, d);
+        store.write(WriteOp::UpdateInjection(Box::new(u))).await.unwrap();
+        let (mut sa, mut sb) = (svc.panel().subscribe(a, None), svc.panel().subscribe(b, None));
+        // Held before the clock moves, so the service's own timer cannot take them first.
+        let mut ledgers = [svc.ledger_for(a).lock_owned().await, svc.ledger_for(b).lock_owned().await];
+        clock.advance(500);
+        let mut refs: Vec<&mut Ledger> = ledgers.iter_mut().map(|g| &mut **g).collect();
+        svc.apply_due(&mut refs, Instant::now()).await;
+        assert_eq!(status(&store, pb.injection_id).await, InjectionStatus::Delivered);
+        assert_eq!(sb.live.try_recv().map(|e| e.kind).ok(), Some("prompt"));
+        assert_eq!(status(&store, pa.injection_id).await, InjectionStatus::Failed);
+        assert!(sa.live.try_recv().is_err(), "a conflicting change is never published");
+        drop(refs);
+        drop(ledgers);
         svc.shutdown();
         store.close().await.unwrap();
     }

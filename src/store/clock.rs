@@ -8,6 +8,13 @@ use std::sync::Arc;
 /// Unix epoch milliseconds.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now_ms(&self) -> i64;
+
+    /// Unix epoch microseconds: what a timer needs to wake at a millisecond deadline
+    /// itself rather than up to a millisecond after it. Clocks without the precision give
+    /// their milliseconds.
+    fn now_us(&self) -> i64 {
+        self.now_ms().saturating_mul(1000)
+    }
 }
 
 /// The system's wall clock.
@@ -17,6 +24,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         chrono::Utc::now().timestamp_millis()
+    }
+
+    fn now_us(&self) -> i64 {
+        chrono::Utc::now().timestamp_micros()
     }
 }
 

@@ -78,6 +78,44 @@ pub(crate) fn call_topics(conversation_id: &str, queue_id: &str) -> [String; 3] 
     ]
 }
 
+/// The prologue of the notifications tests: an emulator, its shortest recorded call, a
+/// notifications client with `settings` subscribed to the call's three topics, and the
+/// call's recorded lines (what a replay must deliver).
+struct Followed {
+    e: Emulator,
+    call: emulator::CallInfo,
+    n: Notifications,
+    rx: mpsc::Receiver<Envelope>,
+    lines: Vec<(String, String)>,
+}
+
+async fn follow_short_call(settings: NotificationSettings) -> Followed {
+    let e = emu().await;
+    let call = short_call(&e);
+    let (n, rx) = Notifications::start(client(&e), settings);
+    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
+    let lines = recorded_lines(&call.conversation_id);
+    Followed { e, call, n, rx, lines }
+}
+
+impl Followed {
+    /// Replays the call at `speed`.
+    fn replay(&self, speed: Speed) {
+        self.e
+            .replay(ReplaySpec {
+                conversation_ids: vec![self.call.conversation_id.clone()],
+                speed,
+                ..ReplaySpec::default()
+            })
+            .expect("replay");
+    }
+
+    /// Every recorded line's CorrelationId, in order.
+    fn want(&self) -> Vec<String> {
+        self.lines.iter().map(|(_, c)| c.clone()).collect()
+    }
+}
+
 /// Collect envelopes until `n` arrived or `within` passed.
 async fn collect(rx: &mut mpsc::Receiver<Envelope>, n: usize, within: Duration) -> Vec<Envelope> {
     let mut got = Vec::new();
@@ -124,27 +162,18 @@ async fn replay_reaches_subscribed_topics_only() {
 
 #[tokio::test]
 async fn dropped_sockets_and_expired_channels_lose_no_event() {
-    let e = emu().await;
-    let call = short_call(&e);
-    let (n, mut rx) = Notifications::start(client(&e), settings());
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
+    let mut f = follow_short_call(settings()).await;
+    let (n, lines) = (&f.n, f.lines.len());
     let before = n.channels().await.expect("channels");
-    let lines = recorded_lines(&call.conversation_id);
     // Slow enough that a fault lands mid-call.
-    e.replay(ReplaySpec {
-        conversation_ids: vec![call.conversation_id.clone()],
-        speed: Speed::Times(40.0),
-        ..ReplaySpec::default()
-    })
-    .expect("replay");
-    let mut got = collect(&mut rx, lines.len() / 4, Duration::from_secs(20)).await;
-    e.faults().drop_sockets();
-    got.extend(collect(&mut rx, lines.len() / 4, Duration::from_secs(20)).await);
-    assert!(e.faults().expire_channels() >= 1);
-    got.extend(collect(&mut rx, lines.len() - got.len(), Duration::from_secs(30)).await);
+    f.replay(Speed::Times(40.0));
+    let mut got = collect(&mut f.rx, lines / 4, Duration::from_secs(20)).await;
+    f.e.faults().drop_sockets();
+    got.extend(collect(&mut f.rx, lines / 4, Duration::from_secs(20)).await);
+    assert!(f.e.faults().expire_channels() >= 1);
+    got.extend(collect(&mut f.rx, lines - got.len(), Duration::from_secs(30)).await);
     let got_ids: Vec<String> = got.iter().map(correlation).collect();
-    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
-    assert_eq!(got_ids, want, "every line exactly once, in order");
+    assert_eq!(got_ids, f.want(), "every line exactly once, in order");
     let s = n.stats();
     assert!(s.reconnects >= 1 && s.channels_gone >= 1, "{s:?}");
     let after = n.channels().await.expect("channels");
@@ -156,26 +185,14 @@ async fn dropped_sockets_and_expired_channels_lose_no_event() {
 
 #[tokio::test]
 async fn rotation_replaces_channels_without_a_gap() {
-    let e = emu().await;
-    let call = short_call(&e);
-    let (n, mut rx) = Notifications::start(
-        client(&e),
-        NotificationSettings { rotate_after: Duration::from_millis(300), ..settings() },
-    );
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
-    let lines = recorded_lines(&call.conversation_id);
-    e.replay(ReplaySpec {
-        conversation_ids: vec![call.conversation_id.clone()],
-        speed: Speed::Times(40.0),
-        ..ReplaySpec::default()
-    })
-    .expect("replay");
-    let got = collect(&mut rx, lines.len(), Duration::from_secs(30)).await;
+    let mut f =
+        follow_short_call(NotificationSettings { rotate_after: Duration::from_millis(300), ..settings() }).await;
+    f.replay(Speed::Times(40.0));
+    let got = collect(&mut f.rx, f.lines.len(), Duration::from_secs(30)).await;
     let got_ids: Vec<String> = got.iter().map(correlation).collect();
-    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
-    assert_eq!(got_ids, want, "every line exactly once");
-    assert!(n.stats().rotations >= 2, "{:?}", n.stats());
-    n.shutdown().await;
+    assert_eq!(got_ids, f.want(), "every line exactly once");
+    assert!(f.n.stats().rotations >= 2, "{:?}", f.n.stats());
+    f.n.shutdown().await;
 }
 
 #[tokio::test]
@@ -205,22 +222,12 @@ async fn topics_spread_over_channels_up_to_the_limit() {
 
 #[tokio::test]
 async fn record_dir_writes_replayable_jsonl() {
-    let e = emu().await;
-    let call = short_call(&e);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (n, mut rx) = Notifications::start(
-        client(&e),
-        NotificationSettings { record_dir: Some(dir.path().to_path_buf()), ..settings() },
-    );
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
-    e.replay(ReplaySpec {
-        conversation_ids: vec![call.conversation_id.clone()],
-        speed: Speed::Max,
-        ..Default::default()
-    })
-    .expect("replay");
-    let lines = recorded_lines(&call.conversation_id);
-    assert_eq!(collect(&mut rx, lines.len(), Duration::from_secs(10)).await.len(), lines.len());
+    let mut f =
+        follow_short_call(NotificationSettings { record_dir: Some(dir.path().to_path_buf()), ..settings() }).await;
+    f.replay(Speed::Max);
+    let (call, lines, n) = (&f.call, &f.lines, &f.n);
+    assert_eq!(collect(&mut f.rx, lines.len(), Duration::from_secs(10)).await.len(), lines.len());
     let path = dir.path().join(format!("{}.jsonl", call.conversation_id));
     let mut text = String::new();
     for _ in 0..100 {
@@ -252,7 +259,8 @@ async fn record_dir_writes_replayable_jsonl() {
 
 #[tokio::test]
 async fn replay_admin_endpoint_and_bursts() {
-    let e = emu().await;
+    let mut f = follow_short_call(settings()).await;
+    let (e, call, lines, n) = (&f.e, &f.call, &f.lines, &f.n);
     let http = reqwest::Client::new();
     let url = format!("{}/__emulator/replay", e.base_url());
     let bad = http.post(&url).body(r#"{"speed":-1}"#).send().await.expect("post");
@@ -261,11 +269,7 @@ async fn replay_admin_endpoint_and_bursts() {
     assert!(body["message"].as_str().unwrap_or_default().contains("speed"), "{body}");
     let unknown = http.post(&url).body(r#"{"conversationIds":["nope"]}"#).send().await.expect("post");
     assert_eq!(unknown.status(), 400);
-    let call = short_call(&e);
-    let (n, mut rx) = Notifications::start(client(&e), settings());
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
     // Real time would take minutes; a burst of every line delivers them at once.
-    let lines = recorded_lines(&call.conversation_id);
     e.faults().burst(2 * lines.len() as u32);
     let started: Value = http
         .post(&url)
@@ -279,7 +283,7 @@ async fn replay_admin_endpoint_and_bursts() {
     let ids = started["conversationIds"].as_array().expect("ids");
     assert_eq!(ids.len(), 2, "{started}");
     assert_ne!(ids[0], ids[1]);
-    let got = collect(&mut rx, lines.len(), Duration::from_secs(10)).await;
+    let got = collect(&mut f.rx, lines.len(), Duration::from_secs(10)).await;
     assert_eq!(got.len(), lines.len(), "the burst delivered every line of the subscribed copy");
     let mut status = Value::Null;
     for _ in 0..100 {
@@ -295,7 +299,7 @@ async fn replay_admin_endpoint_and_bursts() {
     assert_eq!(stopped["stopped"], 0, "{stopped}");
     // The copy has its own conversation, answering GET.
     let copy = ids[1].as_str().expect("id");
-    assert!(client(&e).get_conversation(copy).await.is_ok());
+    assert!(client(e).get_conversation(copy).await.is_ok());
     n.shutdown().await;
 }
 
@@ -390,6 +394,53 @@ mod e2e {
             .await;
         });
         Stack { base, store, runtime: Some(runtime), rules: rules_tx, stop: Some(tx), task: Some(task) }
+    }
+
+    /// The prologue of the end-to-end tests: a folder for the store, an emulator, the target
+    /// call and its keyword, and the whole stack with the rules `rules` makes of that keyword.
+    pub(crate) struct Live {
+        _dir: tempfile::TempDir,
+        pub e: Emulator,
+        pub t: Target,
+        pub conv: String,
+        pub stack: Stack,
+    }
+
+    pub(crate) async fn live(rules: impl FnOnce(&str) -> Vec<Rule>) -> Live {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = emu().await;
+        let t = target(&e);
+        let conv = t.call.conversation_id.clone();
+        let stack = start(dir.path(), &e, rules(&t.keyword)).await;
+        Live { _dir: dir, e, t, conv, stack }
+    }
+
+    impl Live {
+        /// Replays the target call at `speed` times real time.
+        pub fn replay(&self, speed: f64) {
+            self.e
+                .replay(ReplaySpec {
+                    conversation_ids: vec![self.conv.clone()],
+                    speed: Speed::Times(speed),
+                    ..Default::default()
+                })
+                .expect("replay");
+        }
+
+        /// The live runtime.
+        pub fn runtime(&self) -> &LiveRuntime {
+            self.stack.runtime.as_ref().expect("runtime")
+        }
+
+        /// Waits until the runtime follows the conversation (its transcript subscribed).
+        pub async fn started(&self) {
+            let rt = self.runtime();
+            let until = Instant::now() + Duration::from_secs(20);
+            while rt.stats().conversations_started.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                assert!(Instant::now() < until, "the conversation never started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 
     /// A call to replay and a keyword its customer first says late in the call: the
@@ -540,13 +591,8 @@ mod e2e {
     /// rule shows nothing but is recorded; the end expires what stayed armed.
     #[tokio::test]
     async fn replayed_call_fires_rules_and_armed_injections() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let e = emu().await;
-        let t = target(&e);
-        let conv = t.call.conversation_id.clone();
-        let stack =
-            start(dir.path(), &e, vec![rule("live-rule", &t.keyword, false), rule("shadow-rule", &t.keyword, true)])
-                .await;
+        let l = live(|k| vec![rule("live-rule", k, false), rule("shadow-rule", k, true)]).await;
+        let (t, conv, stack) = (&l.t, l.conv.clone(), &l.stack);
         let http = reqwest::Client::new();
         let armed = |phrase: &str| {
             json!({
@@ -576,8 +622,7 @@ mod e2e {
         let mut buf = String::new();
         let speed = 20.0;
         let started = Instant::now();
-        e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
-            .expect("replay");
+        l.replay(speed);
         let said_at = Duration::from_millis((t.offset_ms as f64 / speed) as u64);
         let mut shown = Vec::new();
         while shown.len() < 2 {
@@ -628,7 +673,7 @@ mod e2e {
         assert!(outcomes.contains(&("shadow-rule".into(), "shadow".into())), "{outcomes:?}");
         assert!(outcomes.contains(&("live-rule".into(), "fired".into())), "{outcomes:?}");
         assert!(records.iter().any(|r| r.outcome == "fired" && r.injection_id.is_some()));
-        let rt = stack.runtime.as_ref().expect("runtime");
+        let rt = l.runtime();
         assert_eq!(rt.stats().shadow_fires.load(std::sync::atomic::Ordering::Relaxed), 1);
         let metrics = reqwest::Client::new()
             .get(format!("{}/metrics", stack.base))
@@ -643,29 +688,21 @@ mod e2e {
         // The live rule and the API-armed injection: two trigger latencies observed.
         assert!(metrics.contains("gc_assist_trigger_latency_seconds_count 2"), "{metrics}");
         drop(sse);
-        stack.stop().await;
+        l.stack.stop().await;
     }
 
     /// A dropped websocket and an expired channel in the middle of the call lose no trigger.
     #[tokio::test]
     async fn socket_drop_and_channel_expiry_mid_call_lose_no_trigger() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let e = emu().await;
-        let t = target(&e);
-        let conv = t.call.conversation_id.clone();
-        let stack = start(dir.path(), &e, vec![rule("live-rule", &t.keyword, false)]).await;
-        let mut sse = open_stream(&stack.base, &conv).await;
+        let l = live(|k| vec![rule("live-rule", k, false)]).await;
+        let (e, t) = (&l.e, &l.t);
+        let mut sse = open_stream(&l.stack.base, &l.conv).await;
         let mut buf = String::new();
         let speed = 10.0;
-        e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
-            .expect("replay");
+        l.replay(speed);
         // Once the conversation is live (its transcript subscribed), break things.
-        let rt = stack.runtime.as_ref().expect("runtime");
-        let until = Instant::now() + Duration::from_secs(20);
-        while rt.stats().conversations_started.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < until, "the conversation never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        l.started().await;
+        let rt = l.runtime();
         let keyword_at = Duration::from_millis((t.offset_ms as f64 / speed) as u64);
         tokio::time::sleep(keyword_at.min(Duration::from_millis(600)) / 3).await;
         e.faults().drop_sockets();
@@ -683,7 +720,7 @@ mod e2e {
         let s = rt.notifications().stats();
         assert!(s.reconnects >= 1 && s.channels_gone >= 1, "{s:?}");
         drop(sse);
-        stack.stop().await;
+        l.stack.stop().await;
     }
 }
 
@@ -694,24 +731,14 @@ async fn hot_reloaded_rules_apply_to_live_conversations() {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = emu().await;
-    let t = e2e::target(&e);
-    let conv = t.call.conversation_id.clone();
-    let stack = e2e::start(dir.path(), &e, Vec::new()).await;
-    let mut sse = e2e::open_stream(&stack.base, &conv).await;
+    let l = e2e::live(|_| Vec::new()).await;
+    let mut sse = e2e::open_stream(&l.stack.base, &l.conv).await;
     let mut buf = String::new();
-    let speed = 10.0;
-    e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
-        .expect("replay");
-    let rt = stack.runtime.as_ref().expect("runtime");
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while rt.stats().conversations_started.load(Ordering::Relaxed) == 0 {
-        assert!(std::time::Instant::now() < until, "the conversation never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let set = RuleSet { origin: "reloaded".into(), rules: vec![e2e::rule("reloaded-rule", &t.keyword, false)] };
-    stack.rules.send_replace(Arc::new(CompiledRules::compile(&set, None).expect("compile")));
+    l.replay(10.0);
+    l.started().await;
+    let rt = l.runtime();
+    let set = RuleSet { origin: "reloaded".into(), rules: vec![e2e::rule("reloaded-rule", &l.t.keyword, false)] };
+    l.stack.rules.send_replace(Arc::new(CompiledRules::compile(&set, None).expect("compile")));
     let (ev, data) = loop {
         let got = e2e::next_event(&mut sse, &mut buf, Duration::from_secs(30)).await.expect("the reloaded rule fired");
         if got.0 == "prompt" {
@@ -721,7 +748,7 @@ async fn hot_reloaded_rules_apply_to_live_conversations() {
     assert_eq!((ev.as_str(), data["title"].as_str()), ("prompt", Some("Rule reloaded-rule")));
     assert!(rt.stats().reloads.load(Ordering::Relaxed) >= 1);
     drop(sse);
-    stack.stop().await;
+    l.stack.stop().await;
 }
 
 /// `gc-assist serve --emulator --record DIR` with a rules file: a replay through the embedded
@@ -833,25 +860,15 @@ fn serve_binary_fires_rules_from_a_replay_and_records() {
 /// after two heartbeat intervals and reconnected; nothing published meanwhile is lost.
 #[tokio::test]
 async fn a_silent_socket_is_detected_by_missing_heartbeats() {
-    let e = emu().await;
-    let call = short_call(&e);
-    let (n, mut rx) = Notifications::start(client(&e), settings());
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
-    assert_eq!(e.faults().mute_sockets(), 1);
-    let lines = recorded_lines(&call.conversation_id);
-    e.replay(ReplaySpec {
-        conversation_ids: vec![call.conversation_id.clone()],
-        speed: Speed::Max,
-        ..Default::default()
-    })
-    .expect("replay");
-    let got = collect(&mut rx, lines.len(), Duration::from_secs(10)).await;
+    let mut f = follow_short_call(settings()).await;
+    assert_eq!(f.e.faults().mute_sockets(), 1);
+    f.replay(Speed::Max);
+    let got = collect(&mut f.rx, f.lines.len(), Duration::from_secs(10)).await;
     let got_ids: Vec<String> = got.iter().map(correlation).collect();
-    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
-    assert_eq!(got_ids, want, "delivered after the reconnect, in order");
-    let s = n.stats();
+    assert_eq!(got_ids, f.want(), "delivered after the reconnect, in order");
+    let s = f.n.stats();
     assert!(s.dead_sockets >= 1 && s.reconnects >= 1, "{s:?}");
-    n.shutdown().await;
+    f.n.shutdown().await;
 }
 
 /// Injections armed through the API while the call is already live reach its engine, and a
@@ -860,20 +877,11 @@ async fn a_silent_socket_is_detected_by_missing_heartbeats() {
 async fn injections_armed_and_cancelled_mid_call() {
     use std::sync::atomic::Ordering;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = emu().await;
-    let t = e2e::target(&e);
-    let conv = t.call.conversation_id.clone();
-    let stack = e2e::start(dir.path(), &e, Vec::new()).await;
-    let speed = 10.0;
-    e.replay(ReplaySpec { conversation_ids: vec![conv.clone()], speed: Speed::Times(speed), ..Default::default() })
-        .expect("replay");
-    let rt = stack.runtime.as_ref().expect("runtime");
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while rt.stats().conversations_started.load(Ordering::Relaxed) == 0 {
-        assert!(std::time::Instant::now() < until, "the conversation never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let l = e2e::live(|_| Vec::new()).await;
+    let (t, conv, stack) = (&l.t, l.conv.clone(), &l.stack);
+    l.replay(10.0);
+    l.started().await;
+    let rt = l.runtime();
     // What one live conversation costs the runtime (goal: at most 4 KiB).
     let snap = rt.snapshot().await.expect("snapshot");
     assert_eq!(snap.conversations, 1);
@@ -924,7 +932,7 @@ async fn injections_armed_and_cancelled_mid_call() {
     assert_eq!(rt.stats().api_fires.load(Ordering::Relaxed), 1);
     assert_eq!(rt.stats().fire_errors.load(Ordering::Relaxed), 0);
     drop(sse);
-    stack.stop().await;
+    l.stack.stop().await;
 }
 
 /// `gc-assist emulator --speed N` replays the loaded calls; a bad speed is a clear error.
@@ -980,25 +988,16 @@ fn emulator_cli_replays_at_a_speed() {
 /// same channel and nothing is lost or repeated.
 #[tokio::test]
 async fn socket_closing_maintenance_loses_nothing() {
-    let e = emu().await;
-    let call = short_call(&e);
-    let (n, mut rx) = Notifications::start(client(&e), settings());
-    n.subscribe(call_topics(&call.conversation_id, &call.queue_id).to_vec()).await.expect("subscribe");
-    let before = n.channels().await.expect("channels");
-    let lines = recorded_lines(&call.conversation_id);
-    e.replay(ReplaySpec {
-        conversation_ids: vec![call.conversation_id.clone()],
-        speed: Speed::Times(40.0),
-        ..ReplaySpec::default()
-    })
-    .expect("replay");
-    let mut got = collect(&mut rx, lines.len() / 3, Duration::from_secs(20)).await;
-    e.faults().close_sockets(Duration::from_millis(100));
-    got.extend(collect(&mut rx, lines.len() - got.len(), Duration::from_secs(30)).await);
+    let mut f = follow_short_call(settings()).await;
+    let before = f.n.channels().await.expect("channels");
+    let lines = f.lines.len();
+    f.replay(Speed::Times(40.0));
+    let mut got = collect(&mut f.rx, lines / 3, Duration::from_secs(20)).await;
+    f.e.faults().close_sockets(Duration::from_millis(100));
+    got.extend(collect(&mut f.rx, lines - got.len(), Duration::from_secs(30)).await);
     let got_ids: Vec<String> = got.iter().map(correlation).collect();
-    let want: Vec<String> = lines.iter().map(|(_, c)| c.clone()).collect();
-    assert_eq!(got_ids, want);
-    assert!(n.stats().reconnects >= 1, "{:?}", n.stats());
-    assert_eq!(n.channels().await.expect("channels")[0].0, before[0].0, "the same channel, reconnected");
-    n.shutdown().await;
+    assert_eq!(got_ids, f.want());
+    assert!(f.n.stats().reconnects >= 1, "{:?}", f.n.stats());
+    assert_eq!(f.n.channels().await.expect("channels")[0].0, before[0].0, "the same channel, reconnected");
+    f.n.shutdown().await;
 }
