@@ -78,6 +78,9 @@ struct Rare {
     webhook_url: Option<url::Url>,
     context_data: Option<Map<String, Value>>,
     last_error: Option<String>,
+    /// The payload's conversation and prompt ids when they are not the row's (never, for
+    /// rows made by `InjectionRow::new`; kept so a row always comes back as it went in).
+    payload_ids: Option<(Uuid, Uuid)>,
 }
 
 /// One live injection, compactly (the id is the map key).
@@ -143,9 +146,18 @@ impl LiveSet {
         let mut word = |s: Option<String>| s.map(|s| self.words.intern(Arc::from(s)));
         let (api_key_id, rule_id, queue_id, agent_id) =
             (word(row.api_key_id), word(row.rule_id), word(row.queue_id), word(row.agent_id));
-        let rare = (p.webhook_url.is_some() || p.context_data.is_some() || row.last_error.is_some()).then(|| {
-            Box::new(Rare { webhook_url: p.webhook_url, context_data: p.context_data, last_error: row.last_error })
-        });
+        let payload_ids = ((p.conversation_id, p.prompt_id) != (row.conversation_id, row.prompt_id))
+            .then_some((p.conversation_id, p.prompt_id));
+        let rare =
+            (p.webhook_url.is_some() || p.context_data.is_some() || row.last_error.is_some() || payload_ids.is_some())
+                .then(|| {
+                    Box::new(Rare {
+                        webhook_url: p.webhook_url,
+                        context_data: p.context_data,
+                        last_error: row.last_error,
+                        payload_ids,
+                    })
+                });
         let entry = Entry {
             conversation_id: row.conversation_id,
             prompt_id: row.prompt_id,
@@ -170,8 +182,6 @@ impl LiveSet {
             agent_id,
             rare,
         };
-        // The payload's ids are the row's (`InjectionRow::new` takes them from it).
-        debug_assert_eq!((p.conversation_id, p.prompt_id), (entry.conversation_id, entry.prompt_id));
         self.map.insert(row.id, entry);
     }
 
@@ -222,9 +232,10 @@ impl LiveSet {
 
 fn row_of(id: Uuid, e: &Entry) -> InjectionRow {
     let rare = e.rare.as_deref();
+    let (conversation_id, prompt_id) = rare.and_then(|r| r.payload_ids).unwrap_or((e.conversation_id, e.prompt_id));
     let payload = ValidPayload::from_parts(PayloadParts {
-        conversation_id: e.conversation_id,
-        prompt_id: e.prompt_id,
+        conversation_id,
+        prompt_id,
         trigger_conditions: e.conditions.to_vec(),
         display: e.display,
         webhook_url: rare.and_then(|r| r.webhook_url.clone()),
@@ -303,11 +314,15 @@ mod tests {
         // Content resolved from elsewhere (not the inline prompt) is kept apart from it.
         let mut other = row(3, "");
         other.content.title = "From the catalogue".into();
+        // A row whose own ids differ from its payload's comes back unchanged too.
+        let mut odd = row(4, "");
+        odd.conversation_id = Uuid::from_u128(7);
         let mut set = LiveSet::new();
-        for r in [&plain, &full, &other] {
+        for r in [&plain, &full, &other, &odd] {
             set.insert(r.clone());
         }
-        assert_eq!(set.len(), 3);
+        assert_eq!(set.len(), 4);
+        assert_eq!(set.get(&odd.id).as_ref(), Some(&odd));
         assert_eq!(set.get(&plain.id).as_ref(), Some(&plain));
         assert_eq!(set.get(&full.id).as_ref(), Some(&full));
         assert_eq!(set.get(&other.id).as_ref(), Some(&other));
