@@ -190,7 +190,7 @@ impl fmt::Display for Priority {
 }
 
 /// What the agent sees: inline in a payload or from the catalogue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PromptContent {
     pub title: String,
     pub body: String,
@@ -321,6 +321,54 @@ impl ValidPayload {
         m.insert("onCapacity".into(), Value::String(self.on_capacity.as_str().into()));
         m.insert("queueTimeoutMs".into(), Value::from(self.queue_timeout_ms));
         Value::Object(m)
+    }
+}
+
+/// A [`ValidPayload`] taken apart, so the service can keep live injections compactly (shared
+/// prompt content, no empty optional fields inline) and put the payload back together when
+/// it is needed. Only a payload that passed validation is ever taken apart, so putting its
+/// parts back together needs no validation again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PayloadParts {
+    pub conversation_id: Uuid,
+    pub prompt_id: Uuid,
+    pub trigger_conditions: Vec<TriggerCondition>,
+    pub display: DisplaySettings,
+    pub webhook_url: Option<url::Url>,
+    pub context_data: Option<Map<String, Value>>,
+    pub prompt: Option<PromptContent>,
+    pub on_capacity: OnCapacity,
+    pub queue_timeout_ms: u64,
+}
+
+impl ValidPayload {
+    pub(crate) fn into_parts(self) -> PayloadParts {
+        PayloadParts {
+            conversation_id: self.conversation_id,
+            prompt_id: self.prompt_id,
+            trigger_conditions: self.trigger_conditions,
+            display: self.display,
+            webhook_url: self.webhook_url,
+            context_data: self.context_data,
+            prompt: self.prompt,
+            on_capacity: self.on_capacity,
+            queue_timeout_ms: self.queue_timeout_ms,
+        }
+    }
+
+    /// The payload whose [`ValidPayload::into_parts`] gave `p`.
+    pub(crate) fn from_parts(p: PayloadParts) -> ValidPayload {
+        ValidPayload {
+            conversation_id: p.conversation_id,
+            prompt_id: p.prompt_id,
+            trigger_conditions: p.trigger_conditions,
+            display: p.display,
+            webhook_url: p.webhook_url,
+            context_data: p.context_data,
+            prompt: p.prompt,
+            on_capacity: p.on_capacity,
+            queue_timeout_ms: p.queue_timeout_ms,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod direct;
+pub mod live_set;
 pub mod panel;
 pub mod participant_data;
 pub mod service;

@@ -31,7 +31,10 @@ pub struct PanelEvent {
     pub id: u64,
     /// `prompt` (show it) or `remove` (take it off the screen).
     pub kind: &'static str,
-    pub data: Value,
+    /// The event's JSON, serialized once when published: what the SSE stream sends. Held as
+    /// text, not a `Value`, because every live conversation keeps its recent events, and a
+    /// prompt event as a `Value` (an ordered map) takes several times its text's size.
+    pub data: Arc<str>,
 }
 
 struct ConvStream {
@@ -49,7 +52,8 @@ impl ConvStream {
     // only while someone watches, and its buffer is small because a lagging subscriber
     // catches up from the ring.
     fn new() -> ConvStream {
-        ConvStream { ring: VecDeque::new(), tx: None }
+        // Most conversations see a prompt and its removal; the ring grows past that on demand.
+        ConvStream { ring: VecDeque::with_capacity(2), tx: None }
     }
 }
 
@@ -105,7 +109,7 @@ impl PanelHub {
         let id = streams.next_id;
         streams.next_id += 1;
         let s = streams.convs.entry(conversation_id).or_insert_with(ConvStream::new);
-        let ev = PanelEvent { id, kind, data };
+        let ev = PanelEvent { id, kind, data: Arc::from(data.to_string()) };
         if s.ring.len() == RING {
             s.ring.pop_front();
         }

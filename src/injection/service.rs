@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use super::admission::{Admit, Candidate, Effect, Ledger, RejectReason, Release, Was};
+use super::live_set::LiveSet;
 use super::panel::PanelHub;
 use super::participant_data::{self, PromptAttribute};
 use super::trace::{DeliveryTrace, DeliveryTraces};
@@ -304,8 +305,9 @@ struct Inner {
     prefix: String,
     panel: PanelHub,
     ledgers: Mutex<HashMap<Uuid, ConvLedger>>,
-    /// Live injections (armed, scheduled, queued, delivered), with their current status.
-    live: Mutex<HashMap<Uuid, InjectionRow>>,
+    /// Live injections (armed, scheduled, queued, delivered), with their current status
+    /// (held compactly: memory per live injection matters, see `live_set`).
+    live: Mutex<LiveSet>,
     /// Each conversation's agent (Genesys user id) once known, with when it was last heard
     /// of: stamped on the engagement rows written from then on (see [`Service::note_agent`]).
     /// The second field is when the map was last pruned.
@@ -408,7 +410,7 @@ impl Service {
                 prefix: deps.attribute_prefix,
                 panel: PanelHub::new(),
                 ledgers: Mutex::new(HashMap::new()),
-                live: Mutex::new(HashMap::new()),
+                live: Mutex::new(LiveSet::new()),
                 agents: Mutex::new((HashMap::new(), 0)),
                 timers: Mutex::new(BinaryHeap::new()),
                 wake: Notify::new(),
@@ -481,15 +483,8 @@ impl Service {
 
     /// The injections armed on a conversation now, with their conditions.
     pub fn armed_for(&self, conversation_id: Uuid) -> Vec<(Uuid, Vec<TriggerCondition>)> {
-        let mut out: Vec<(Uuid, Vec<TriggerCondition>)> = self
-            .live()
-            .values()
-            .filter(|r| r.conversation_id == conversation_id && r.status == InjectionStatus::Armed)
-            .map(|r| (r.id, r.payload.trigger_conditions().to_vec()))
-            .collect();
         // v7 ids: arming order.
-        out.sort_by_key(|(id, _)| *id);
-        out
+        self.live().armed_on(conversation_id)
     }
 
     /// Store writes this service is waiting on.
@@ -501,11 +496,7 @@ impl Service {
     /// skipped rather than waited for: this is a gauge).
     /// Live injections by status (armed, scheduled, queued, delivered).
     pub fn live_counts(&self) -> HashMap<InjectionStatus, usize> {
-        let mut out = HashMap::new();
-        for r in self.live().values() {
-            *out.entry(r.status).or_insert(0) += 1;
-        }
-        out
+        self.live().status_counts()
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -517,7 +508,7 @@ impl Service {
         self.inner.ledgers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, InjectionRow>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveSet> {
         self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -771,7 +762,7 @@ impl Service {
                 conditions: row.payload.trigger_conditions().to_vec(),
             });
         }
-        self.live().insert(id, row);
+        self.live().insert(row);
         self.apply(&mut guard, effects, "system").await;
         self.schedule(conv, guard.next_deadline());
         let empty = guard.is_empty();
@@ -807,7 +798,7 @@ impl Service {
             | Effect::QueueTimedOut { id, .. }
             | Effect::Promoted { id, .. } => *id,
         };
-        let row = pending.and_then(|p| p.get(&id).cloned()).or_else(|| self.live().get(&id).cloned());
+        let row = pending.and_then(|p| p.get(&id).cloned()).or_else(|| self.live().get(&id));
         if row.is_none() {
             tracing::warn!(injection = %id, "ledger effect for an injection that is not live; ignored");
         }
@@ -956,7 +947,7 @@ impl Service {
         self.inner.stats.count(row.status);
         let mut live = self.live();
         if row.status.is_live() {
-            live.insert(row.id, row.clone());
+            live.insert(row.clone());
         } else {
             live.remove(&row.id);
         }
@@ -1196,7 +1187,7 @@ impl Service {
 
     /// The live row of `id`, or why there is none.
     async fn live_row(&self, id: Uuid) -> Result<InjectionRow, ServiceError> {
-        if let Some(r) = self.live().get(&id).cloned() {
+        if let Some(r) = self.live().get(&id) {
             return Ok(r);
         }
         match self.inner.store.get_injection(id).await? {
@@ -1474,12 +1465,7 @@ impl Service {
     pub async fn conversation_ended(&self, conversation_id: Uuid) -> Result<usize, ServiceError> {
         let ledger = self.ledger_for(conversation_id);
         let guard = ledger.lock().await;
-        let armed: Vec<InjectionRow> = self
-            .live()
-            .values()
-            .filter(|r| r.conversation_id == conversation_id && r.status == InjectionStatus::Armed)
-            .cloned()
-            .collect();
+        let armed: Vec<InjectionRow> = self.live().rows_on(conversation_id, InjectionStatus::Armed);
         let now = self.now_ms();
         let mut n = 0;
         for row in armed {
@@ -1492,7 +1478,7 @@ impl Service {
         }
         // Nothing left to show on this conversation: its panel stream can go (a connected
         // panel sees its stream end).
-        if !self.live().values().any(|r| r.conversation_id == conversation_id) {
+        if !self.live().any_on(conversation_id) {
             self.inner.panel.forget(conversation_id);
         }
         self.release_ledger(conversation_id, &ledger, guard);
@@ -1510,7 +1496,7 @@ impl Service {
             let d = draft(&row, "expired", "system", Some("auto_dismissed"));
             let mut u = InjectionUpdate::new(row.id, row.status, InjectionStatus::Expired, now, d);
             u.outbox = self.outbox(&row, EVENT_EXPIRED, 0, now);
-            self.live().insert(row.id, row.clone());
+            self.live().insert(row.clone());
             if let Ok(row) = self.commit_update(row, u).await {
                 // Participant data still says "shown": mark it.
                 self.deliver(Delivery::Remove { row: Box::new(row), status: "expired" });
@@ -1520,7 +1506,7 @@ impl Service {
         order.extend(set.pending.iter().filter(|r| r.status == InjectionStatus::Scheduled).cloned());
         order.extend(set.pending.iter().filter(|r| r.status == InjectionStatus::Queued).cloned());
         for row in set.pending.iter().filter(|r| r.status == InjectionStatus::Armed) {
-            self.live().insert(row.id, row.clone());
+            self.live().insert(row.clone());
         }
         let mut convs = Vec::new();
         for row in order {
@@ -1548,7 +1534,7 @@ impl Service {
             if row.status != InjectionStatus::Queued {
                 c.queue_timeout_ms = ms_u64(row.payload.queue_timeout_ms() as i64);
             }
-            self.live().insert(row.id, row.clone());
+            self.live().insert(row.clone());
             let admitted = match guard.admit(c, ms_u64(now)) {
                 Ok(a) => a,
                 Err(e) => {
@@ -1985,7 +1971,10 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match sub.live.recv().await {
-                    Ok(ev) if ev.kind == "prompt" => return ev.data["injectionId"].as_str().map(str::to_string),
+                    Ok(ev) if ev.kind == "prompt" => {
+                        let data: serde_json::Value = serde_json::from_str(&ev.data).ok()?;
+                        return data["injectionId"].as_str().map(str::to_string);
+                    }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return None,
                 }

@@ -226,7 +226,7 @@ pub async fn stream(State(st): State<AppState>, headers: HeaderMap, Path(id): Pa
 }
 
 fn to_event(e: crate::injection::panel::PanelEvent) -> Event {
-    Event::default().id(e.id.to_string()).event(e.kind).data(e.data.to_string())
+    Event::default().id(e.id.to_string()).event(e.kind).data(&*e.data)
 }
 
 /// A panel subscription as SSE events: its backlog, then live events until the server

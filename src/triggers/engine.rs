@@ -110,7 +110,14 @@ pub struct CompiledRules {
     sentiment_rules: Vec<u32>,
     confidence_rules: Vec<u32>,
     duration_rules: Vec<u32>,
+    /// Each rule's id and conditions, in rule order: what a conversation's slots are
+    /// aligned with. Conversations share it (one pointer each) instead of every slot holding
+    /// its own two (memory: a slot per rule and live conversation).
+    keys: Arc<[SlotKey]>,
 }
+
+/// A rule's id and compiled conditions, as a conversation's slots were synced to them.
+type SlotKey = (Arc<str>, Arc<[Condition]>);
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -188,7 +195,8 @@ impl CompiledRules {
                 }
             }
         }
-        CompiledRules { rules, index, generation, by_phrase, sentiment_rules, confidence_rules, duration_rules }
+        let keys = rules.iter().map(|r| (r.id.clone(), r.conditions.clone())).collect();
+        CompiledRules { rules, index, generation, by_phrase, sentiment_rules, confidence_rules, duration_rules, keys }
     }
 
     /// The enabled rules, in file order.
@@ -284,10 +292,10 @@ enum Phase {
     Cooling { until: i64, noted: bool },
 }
 
-/// Per rule and conversation. Kept by rule id across reloads.
+/// Per rule and conversation. Kept by rule id across reloads. Its rule's id and conditions
+/// are the conversation's `keys` at the same index (or kept beside it once retired).
 #[derive(Debug, Clone)]
 struct Slot {
-    id: Arc<str>,
     phase: Phase,
     fires: u32,
     /// Bit i: keyword condition i has evidence in the current window.
@@ -296,8 +304,6 @@ struct Slot {
     /// rule first fires, then the last fire, counted suppression or re-arm. Duration
     /// conditions count from the later of this and the agent's connection.
     since: i64,
-    /// The conditions the evidence was collected for (to keep it across an equal reload).
-    conditions: Arc<[Condition]>,
 }
 
 thread_local! {
@@ -311,8 +317,11 @@ pub struct ConversationEngine {
     state: ConversationState,
     /// Aligned with the rules of `generation`.
     slots: Vec<Slot>,
+    /// The id and conditions of each slot's rule (the evidence was collected for those
+    /// conditions: it is kept across a reload only if they are equal).
+    keys: Arc<[SlotKey]>,
     /// Rules no longer in the set, kept for their counters.
-    retired: Vec<Slot>,
+    retired: Vec<(SlotKey, Slot)>,
     generation: u64,
     /// The queue given to `start` (for arming rules added by a reload); `None` before start.
     queue: Option<Queue>,
@@ -351,6 +360,7 @@ impl ConversationEngine {
         ConversationEngine {
             state: ConversationState::new(),
             slots: Vec::new(),
+            keys: Arc::from(Vec::new()),
             retired: Vec::new(),
             generation: 0,
             queue: None,
@@ -458,9 +468,9 @@ impl ConversationEngine {
             for outcome in self.state.take_expired() {
                 out.push(api_decision(outcome, now));
             }
-            for (i, slot) in self.slots.iter_mut().enumerate() {
+            for (i, (slot, (id, _))) in self.slots.iter_mut().zip(self.keys.iter()).enumerate() {
                 if slot.phase == Phase::Armed && slot.fires == 0 {
-                    out.push(Decision::Expired { rule_index: i, rule_id: slot.id.clone(), at_ms: now });
+                    out.push(Decision::Expired { rule_index: i, rule_id: id.clone(), at_ms: now });
                 }
                 slot.phase = Phase::Off;
             }
@@ -546,14 +556,16 @@ impl ConversationEngine {
 
     /// How many times rule `id` fired in this conversation.
     pub fn fires(&self, id: &str) -> u32 {
-        self.slots.iter().chain(&self.retired).find(|s| &*s.id == id).map_or(0, |s| s.fires)
+        let live = self.slots.iter().zip(self.keys.iter()).map(|(s, (k, _))| (k, s));
+        live.chain(self.retired.iter().map(|((k, _), s)| (k, s))).find(|(k, _)| &***k == id).map_or(0, |(_, s)| s.fires)
     }
 
     /// Approximate memory of this conversation in bytes (shared conditions counted once per
     /// slot pointer, not in full).
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<ConversationEngine>() + self.state.approx_bytes() - std::mem::size_of::<ConversationState>()
-            + (self.slots.capacity() + self.retired.capacity()) * std::mem::size_of::<Slot>()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.retired.capacity() * std::mem::size_of::<(SlotKey, Slot)>()
     }
 
     /// Brings the slots in line with `rules` when it is a different compiled set.
@@ -565,16 +577,17 @@ impl ConversationEngine {
         let Some(queue) = self.queue.clone() else {
             return;
         };
-        let mut old: HashMap<Arc<str>, Slot> =
-            self.slots.drain(..).chain(self.retired.drain(..)).map(|s| (s.id.clone(), s)).collect();
+        let keys = std::mem::replace(&mut self.keys, rules.keys.clone());
+        let current = self.slots.drain(..).zip(keys.iter().cloned()).map(|(s, k)| (k, s));
+        let mut old: HashMap<Arc<str>, (Arc<[Condition]>, Slot)> =
+            current.chain(self.retired.drain(..)).map(|((id, conditions), s)| (id, (conditions, s))).collect();
         let mut new_slots = Vec::with_capacity(rules.rules.len());
         let mut fresh = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
             let admitted = queue.admits(&rule.rule);
             let slot = match old.remove(&rule.id) {
-                Some(mut s) => {
-                    let same = *s.conditions == *rule.conditions;
-                    s.conditions = rule.conditions.clone();
+                Some((conditions, mut s)) => {
+                    let same = *conditions == *rule.conditions;
                     if !admitted {
                         s.phase = Phase::Off;
                         s.evidence = 0;
@@ -594,25 +607,18 @@ impl ConversationEngine {
                     if admitted {
                         fresh.push(i as u32);
                     }
-                    Slot {
-                        id: rule.id.clone(),
-                        phase,
-                        fires: 0,
-                        evidence,
-                        since: i64::MIN,
-                        conditions: rule.conditions.clone(),
-                    }
+                    Slot { phase, fires: 0, evidence, since: i64::MIN }
                 }
             };
             new_slots.push(slot);
         }
         self.slots = new_slots;
         self.retired = old
-            .into_values()
-            .map(|mut s| {
+            .into_iter()
+            .map(|(id, (conditions, mut s))| {
                 s.phase = Phase::Off;
                 s.evidence = 0;
-                s
+                ((id, conditions), s)
             })
             .collect();
         self.cooling = self
@@ -706,7 +712,7 @@ impl ConversationEngine {
                     self.cooling.push(r);
                     out.push(Decision::Fire {
                         rule_index: i,
-                        rule_id: slot.id.clone(),
+                        rule_id: rule.id.clone(),
                         shadow: rule.rule.shadow,
                         at_ms: now,
                     });
@@ -719,7 +725,7 @@ impl ConversationEngine {
                     self.cooling.push(r);
                     out.push(Decision::Suppressed {
                         rule_index: i,
-                        rule_id: slot.id.clone(),
+                        rule_id: rule.id.clone(),
                         reason: SuppressReason::Cap,
                         at_ms: now,
                     });
@@ -728,7 +734,7 @@ impl ConversationEngine {
                 Phase::Cooling { until, noted: false } => {
                     slot.phase = Phase::Cooling { until, noted: true };
                     let reason = if slot.fires >= max { SuppressReason::Cap } else { SuppressReason::Cooldown };
-                    out.push(Decision::Suppressed { rule_index: i, rule_id: slot.id.clone(), reason, at_ms: now });
+                    out.push(Decision::Suppressed { rule_index: i, rule_id: rule.id.clone(), reason, at_ms: now });
                 }
             }
         }

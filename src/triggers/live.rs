@@ -219,7 +219,9 @@ struct Runtime {
     service: Service,
     topics: mpsc::UnboundedSender<TopicOp>,
     rules: Arc<CompiledRules>,
-    convs: HashMap<Uuid, Conv>,
+    /// Boxed: a hash map keeps its values in its bucket array, empty buckets included, and
+    /// a `Conv` is a few hundred bytes (memory per live conversation, DESIGN §7).
+    convs: HashMap<Uuid, Box<Conv>>,
     timers: BinaryHeap<Reverse<(i64, Uuid)>>,
     next_armed: u64,
     stats: Arc<LiveStats>,
@@ -283,7 +285,7 @@ impl Runtime {
             .convs
             .values()
             .map(|c| {
-                std::mem::size_of::<(Uuid, Conv)>() + c.engine.approx_bytes()
+                std::mem::size_of::<(Uuid, Box<Conv>)>() + std::mem::size_of::<Conv>() + c.engine.approx_bytes()
                     - std::mem::size_of::<ConversationEngine>()
                     + c.api.capacity() * std::mem::size_of::<(ArmedId, Uuid)>()
             })
@@ -342,7 +344,7 @@ impl Runtime {
         let queue_name = acd_queue_name(&env.value, queue_id.as_deref());
         let mut engine = ConversationEngine::new();
         let decisions = engine.start(&self.rules, queue_id.as_deref(), queue_name.as_deref(), now);
-        self.convs.insert(conv_id, Conv { engine, api: Vec::new(), deadline: None });
+        self.convs.insert(conv_id, Box::new(Conv { engine, api: Vec::new(), deadline: None }));
         self.service.stats().live_conversations.store(self.convs.len() as u64, Ordering::Relaxed);
         self.act(conv_id, decisions);
         for (id, conditions) in self.service.armed_for(conv_id) {
