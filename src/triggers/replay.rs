@@ -6,7 +6,14 @@
 //!
 //! [`load_calls`] reads every `*.jsonl` of a folder (sorted by name) and its `calls.json`
 //! manifest when present (queue, labels). Each call is parsed once into timed events, so
-//! [`replay`] measures evaluation alone.
+//! [`replay`] measures evaluation alone. Files are parsed in parallel (one thread per core),
+//! each line by the fast typed parse of [`super::recorded`], falling back per line to the
+//! reference `Value` parse ([`parse_call_reference`]) for anything unusual, so results and
+//! error messages are those of the reference.
+//!
+//! [`load_calls_with`] can keep each parsed call in a [`CallCache`] (compiled calls): a warm
+//! run reads those instead of the JSON. The manifest is read on every run, so label edits
+//! are never stale. A cache that cannot be used is a warning, and the run goes on without it.
 //!
 //! # Running a call
 //!
@@ -32,12 +39,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::engine::{CompiledRules, ConversationEngine, Decision, SuppressReason};
 use super::events::{parse_envelope, Event};
+use super::recorded;
+use super::replay_cache::{CallCache, Compiled, SourceKey};
 use super::rules::RulePrompt;
 use crate::contract::Catalogue;
 
@@ -130,9 +140,40 @@ fn epoch_ms(s: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
 }
 
-/// Reads every `*.jsonl` of `dir` and its `calls.json` when present; `progress` is called
-/// after each file with (done, total).
-pub fn load_calls(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Calls, ReplayError> {
+/// How [`load_calls_with`] reads the calls.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The compiled-calls cache directory; `None`: parse every file (no cache).
+    pub cache: Option<PathBuf>,
+    /// Parsing threads; 0: one per core.
+    pub threads: usize,
+}
+
+/// How the calls were obtained.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Calls read from the cache.
+    pub cached: usize,
+    /// Calls parsed from their JSONL (and, with a usable cache, compiled into it).
+    pub parsed: usize,
+    /// The cache directory in use, if any.
+    pub cache_dir: Option<PathBuf>,
+    /// Why the cache was not (fully) used; each message once.
+    pub warnings: Vec<String>,
+}
+
+/// Reads every `*.jsonl` of `dir` and its `calls.json` when present, parsing every file
+/// (no cache); `progress` is called after each file with (done, total).
+pub fn load_calls(dir: &Path, progress: impl FnMut(usize, usize)) -> Result<Calls, ReplayError> {
+    load_calls_with(dir, &LoadOptions::default(), progress).map(|(calls, _)| calls)
+}
+
+/// [`load_calls`] with a cache and a thread count: see the module docs.
+pub fn load_calls_with(
+    dir: &Path,
+    options: &LoadOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Calls, LoadStats), ReplayError> {
     if !dir.is_dir() {
         return Err(ReplayError::MissingDir(dir.to_path_buf()));
     }
@@ -162,17 +203,34 @@ pub fn load_calls(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
             by_file.insert(c.file.as_str(), c);
         }
     }
+    let mut stats = LoadStats::default();
+    let cache = options.cache.as_deref().and_then(|d| match CallCache::open(d) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            stats.warnings.push(format!("{e}; replaying without the cache"));
+            None
+        }
+    });
+    stats.cache_dir = cache.as_ref().map(|c| c.dir().to_path_buf());
+    let loaded = load_files(&files, cache.as_ref(), options.threads, &mut progress)?;
     let mut out = Calls {
         vocabulary: manifest.as_ref().map(|m| m.label_vocabulary.clone()).unwrap_or_default(),
         ..Calls::default()
     };
-    let total = files.len();
-    for (i, path) in files.iter().enumerate() {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read { path: path.clone(), source })?;
-        out.bytes += text.len() as u64;
-        let mut call = parse_call(&name, &text)?;
-        if let Some(m) = by_file.get(name.as_str()) {
+    for file in loaded {
+        out.bytes += file.bytes;
+        if file.cached {
+            stats.cached += 1;
+        } else {
+            stats.parsed += 1;
+        }
+        for w in file.warnings {
+            if !stats.warnings.contains(&w) {
+                stats.warnings.push(w);
+            }
+        }
+        let mut call = file.call;
+        if let Some(m) = by_file.get(call.name.as_str()) {
             call.queue_id = m.queue_id.clone().or(call.queue_id);
             call.queue_name = m.queue_name.clone();
             let mut labels = Vec::with_capacity(m.labels.len());
@@ -180,8 +238,8 @@ pub fn load_calls(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
                 let at_ms = epoch_ms(&l.recorded_at).ok_or_else(|| ReplayError::BadManifest {
                     path: manifest_path.clone(),
                     reason: format!(
-                        "{name}: label {:?} has a recordedAt that is not RFC 3339: {:?}",
-                        l.label, l.recorded_at
+                        "{}: label {:?} has a recordedAt that is not RFC 3339: {:?}",
+                        call.name, l.label, l.recorded_at
                     ),
                 })?;
                 labels.push(Label { label: l.label.clone(), at_ms });
@@ -189,39 +247,148 @@ pub fn load_calls(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
             call.labels = Some(labels);
         }
         out.calls.push(call);
-        progress(i + 1, total);
+    }
+    Ok((out, stats))
+}
+
+/// One call file, loaded.
+struct Loaded {
+    call: Call,
+    bytes: u64,
+    cached: bool,
+    warnings: Vec<String>,
+}
+
+/// Loads `files` on `threads` threads, in order. Workers claim files in increasing order, so
+/// when files fail, every file before the first failure has been loaded and the error
+/// reported is the one a sequential run would report.
+fn load_files(
+    files: &[PathBuf],
+    cache: Option<&CallCache>,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Loaded>, ReplayError> {
+    let total = files.len();
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, total);
+    let next = AtomicUsize::new(0);
+    let first_error = AtomicUsize::new(usize::MAX);
+    // After the first failed write, stop trying: the same error would repeat for every file.
+    let writes_failed = AtomicBool::new(false);
+    let mut slots: Vec<Option<Result<Loaded, ReplayError>>> = (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, first_error, writes_failed) = (&next, &first_error, &writes_failed);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || i > first_error.load(Ordering::Relaxed) {
+                    break;
+                }
+                let result = load_file(&files[i], cache, writes_failed);
+                if result.is_err() {
+                    first_error.fetch_min(i, Ordering::Relaxed);
+                }
+                if tx.send((i, result)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        for (i, result) in rx {
+            slots[i] = Some(result);
+            done += 1;
+            progress(done, total);
+        }
+    });
+    let mut out = Vec::with_capacity(total);
+    for slot in slots {
+        match slot {
+            Some(Ok(l)) => out.push(l),
+            Some(Err(e)) => return Err(e),
+            // Skipped after an earlier file failed; that error is returned first.
+            None => break,
+        }
     }
     Ok(out)
 }
 
-/// Parses one call's JSONL text (each line a notification envelope with `recordedAt`).
-pub fn parse_call(name: &str, text: &str) -> Result<Call, ReplayError> {
-    let mut call = Call {
-        name: name.to_string(),
-        queue_id: None,
-        queue_name: None,
-        labels: None,
-        steps: Vec::new(),
-        utterances: 0,
-        lines: 0,
+fn load_file(path: &Path, cache: Option<&CallCache>, writes_failed: &AtomicBool) -> Result<Loaded, ReplayError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let read_err = |source| ReplayError::Read { path: path.to_path_buf(), source };
+    let mut warnings = Vec::new();
+    // The key is taken before reading: see replay_cache's docs.
+    let key = match cache {
+        Some(_) => Some(SourceKey::of(&std::fs::metadata(path).map_err(read_err)?)),
+        None => None,
     };
-    let bad = |line: usize, reason: String| ReplayError::BadLine { file: name.to_string(), line, reason };
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        match cache.get(path, key) {
+            Ok(Some(c)) => {
+                let call = Call {
+                    name,
+                    queue_id: c.queue_id,
+                    queue_name: None,
+                    labels: None,
+                    steps: c.steps,
+                    utterances: c.utterances,
+                    lines: c.lines,
+                };
+                return Ok(Loaded { call, bytes: key.len, cached: true, warnings });
+            }
+            Ok(None) => {}
+            Err(e) => warnings.push(format!("{e}; parsing the call instead")),
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    let call = parse_call(&name, &text)?;
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if !writes_failed.load(Ordering::Relaxed) && !key.is_racy(now) {
+            let compiled = Compiled {
+                queue_id: call.queue_id.clone(),
+                steps: call.steps.clone(),
+                utterances: call.utterances,
+                lines: call.lines,
+            };
+            if let Err(e) = cache.put(path, key, &compiled) {
+                writes_failed.store(true, Ordering::Relaxed);
+                warnings.push(format!("{e}; continuing without caching"));
+            }
+        }
+    }
+    Ok(Loaded { call, bytes: text.len() as u64, cached: false, warnings })
+}
+
+/// Parses one call's JSONL text (each line a notification envelope with `recordedAt`):
+/// the fast typed parse, with the reference parse for any line it declines.
+pub fn parse_call(name: &str, text: &str) -> Result<Call, ReplayError> {
+    let mut call = empty_call(name);
+    let mut events = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
+        let fast = recorded::parse_line(line, &mut events).and_then(|head| {
+            let at = epoch_ms(head.recorded_at)?;
+            Some((at, head.topic_name))
+        });
+        let Some((at, topic_name)) = fast else {
+            reference_line(&mut call, name, n, line)?;
+            continue;
+        };
         call.lines += 1;
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(n + 1, format!("not JSON: {e}")))?;
-        let at = v
-            .get("recordedAt")
-            .and_then(Value::as_str)
-            .and_then(epoch_ms)
-            .ok_or_else(|| bad(n + 1, "no RFC 3339 `recordedAt` on the line".into()))?;
         if call.queue_id.is_none() {
-            call.queue_id = queue_of_topic(v.get("topicName").and_then(Value::as_str).unwrap_or(""));
+            call.queue_id = queue_of_topic(topic_name);
         }
-        let notification = parse_envelope(&v).map_err(|e| bad(n + 1, e.to_string()))?;
-        for e in notification.events {
+        for e in events.drain(..) {
             if matches!(e, Event::Utterance(_)) {
                 call.utterances += 1;
             }
@@ -229,6 +396,54 @@ pub fn parse_call(name: &str, text: &str) -> Result<Call, ReplayError> {
         }
     }
     Ok(call)
+}
+
+/// Parses one call's JSONL text through a `serde_json::Value` per line: the reference
+/// [`parse_call`] must agree with (and the baseline of the benchmarks).
+pub fn parse_call_reference(name: &str, text: &str) -> Result<Call, ReplayError> {
+    let mut call = empty_call(name);
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        reference_line(&mut call, name, n, line)?;
+    }
+    Ok(call)
+}
+
+fn empty_call(name: &str) -> Call {
+    Call {
+        name: name.to_string(),
+        queue_id: None,
+        queue_name: None,
+        labels: None,
+        steps: Vec::new(),
+        utterances: 0,
+        lines: 0,
+    }
+}
+
+/// Adds line `n` (0-based) to `call` by the reference parse.
+fn reference_line(call: &mut Call, name: &str, n: usize, line: &str) -> Result<(), ReplayError> {
+    let bad = |reason: String| ReplayError::BadLine { file: name.to_string(), line: n + 1, reason };
+    call.lines += 1;
+    let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let at = v
+        .get("recordedAt")
+        .and_then(Value::as_str)
+        .and_then(epoch_ms)
+        .ok_or_else(|| bad("no RFC 3339 `recordedAt` on the line".into()))?;
+    if call.queue_id.is_none() {
+        call.queue_id = queue_of_topic(v.get("topicName").and_then(Value::as_str).unwrap_or(""));
+    }
+    let notification = parse_envelope(&v).map_err(|e| bad(e.to_string()))?;
+    for e in notification.events {
+        if matches!(e, Event::Utterance(_)) {
+            call.utterances += 1;
+        }
+        call.steps.push((at, e));
+    }
+    Ok(())
 }
 
 fn queue_of_topic(topic: &str) -> Option<String> {
