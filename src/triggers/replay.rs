@@ -899,6 +899,239 @@ mod tests {
         }
     }
 
+    /// Everything of a call that replay reads.
+    #[allow(clippy::type_complexity)]
+    fn facts(c: &Call) -> (&str, &Option<String>, &Option<String>, &Option<Vec<Label>>, &Vec<(i64, Event)>, u64, u64) {
+        (&c.name, &c.queue_id, &c.queue_name, &c.labels, &c.steps, c.utterances, c.lines)
+    }
+
+    fn same_calls(a: &Calls, b: &Calls) {
+        assert_eq!(a.calls.len(), b.calls.len());
+        for (x, y) in a.calls.iter().zip(&b.calls) {
+            assert_eq!(facts(x), facts(y));
+        }
+        assert_eq!((&a.vocabulary, a.bytes), (&b.vocabulary, b.bytes));
+    }
+
+    fn with_cache(dir: &Path, cache: &Path) -> (Calls, LoadStats) {
+        let options = LoadOptions { cache: Some(cache.to_path_buf()), threads: 0 };
+        load_calls_with(dir, &options, |_, _| {}).expect("calls")
+    }
+
+    /// A scratch copy of the first `n` recorded calls (with the manifest), so tests can edit it.
+    fn scratch_calls(n: usize) -> tempfile::TempDir {
+        let src = calls_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&src)
+            .expect("calls")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        names.sort();
+        for p in names.iter().take(n) {
+            std::fs::copy(p, dir.path().join(p.file_name().expect("name"))).expect("copy");
+        }
+        std::fs::copy(src.join("calls.json"), dir.path().join("calls.json")).expect("copy manifest");
+        dir
+    }
+
+    #[test]
+    fn fast_parse_equals_the_reference_parse_on_every_recorded_call() {
+        let dir = calls_dir();
+        let calls = load_calls(&dir, |_, _| {}).expect("calls");
+        for c in &calls.calls {
+            let text = std::fs::read_to_string(dir.join(&c.name)).expect("read");
+            let (fast, reference) =
+                (parse_call(&c.name, &text).expect("fast"), parse_call_reference(&c.name, &text).expect("ref"));
+            assert_eq!(facts(&fast), facts(&reference), "{}", c.name);
+        }
+    }
+
+    /// Cold (no cache), first run with a cache (parse + compile), warm (from the cache) and
+    /// the reference parse give the same calls and the same reports, comparison included.
+    #[test]
+    fn cold_warm_and_reference_give_identical_reports() {
+        let dir = calls_dir();
+        let cache = tempfile::tempdir().expect("cache dir");
+        let cold = load_calls(&dir, |_, _| {}).expect("cold");
+        let (first, s1) = with_cache(&dir, cache.path());
+        let (warm, s2) = with_cache(&dir, cache.path());
+        let n = cold.calls.len();
+        assert_eq!((s1.parsed, s1.cached, s2.parsed, s2.cached), (n, 0, 0, n));
+        assert!(s1.warnings.is_empty() && s2.warnings.is_empty(), "{s1:?} {s2:?}");
+        // The reference: every file through the Value parse, with the manifest's queue and labels.
+        let mut reference = cold.clone();
+        for c in &mut reference.calls {
+            let text = std::fs::read_to_string(dir.join(&c.name)).expect("read");
+            let r = parse_call_reference(&c.name, &text).expect("reference");
+            (c.steps, c.utterances, c.lines) = (r.steps, r.utterances, r.lines);
+        }
+        same_calls(&cold, &first);
+        same_calls(&cold, &warm);
+        same_calls(&cold, &reference);
+        let rules = example_rules();
+        let labels = rule_labels(&rules, &cold.vocabulary, None);
+        let old = CompiledRules::compile(
+            &RuleSet::parse(
+                "- id: refund_request\n  promptId: d4e5f6a7-b8c9-0123-4567-890abcdef123\n  conditions: [{type: keyword, value: money back}]\n",
+                "old.yaml",
+            )
+            .expect("rules"),
+            None,
+        )
+        .expect("compile");
+        let old_labels = rule_labels(&old, &cold.vocabulary, None);
+        let run = |calls: &Calls| {
+            let new = replay(&rules, calls, &labels, DEFAULT_TOLERANCE_MS, |_, _| {});
+            let before = replay(&old, calls, &old_labels, DEFAULT_TOLERANCE_MS, |_, _| {});
+            let cmp = compare(&before, &new);
+            (new, cmp)
+        };
+        let want = run(&reference);
+        assert!(want.0.rules.iter().any(|r| r.fires > 0));
+        for calls in [&cold, &first, &warm] {
+            assert_eq!(run(calls), want);
+        }
+        // One thread or many: the same calls in the same order.
+        let one = load_calls_with(&dir, &LoadOptions { cache: None, threads: 1 }, |_, _| {}).expect("one thread").0;
+        same_calls(&cold, &one);
+    }
+
+    fn entries(cache: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(cache)
+            .expect("cache")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "call"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_changed_touched_truncated_or_replaced_source_is_never_served_stale() {
+        let calls = scratch_calls(3);
+        let cache = tempfile::tempdir().expect("cache");
+        let (cold, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (3, 0));
+        assert_eq!(entries(cache.path()).len(), 3);
+        let first = calls.path().join(&cold.calls[0].name);
+        let second = calls.path().join(&cold.calls[1].name);
+        let third = calls.path().join(&cold.calls[2].name);
+
+        // Modified content: one more utterance at the end.
+        let extra = r#"{"recordedAt":"2030-01-01T00:00:00Z","topicName":"v2.conversations.c.transcription","eventBody":{"transcripts":[{"isFinal":true,"channel":"EXTERNAL","alternatives":[{"transcript":"refund"}]}]}}"#;
+        let mut text = std::fs::read_to_string(&first).expect("read");
+        text.push_str(extra);
+        text.push('\n');
+        std::fs::write(&first, &text).expect("write");
+        let (after, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (1, 2));
+        assert_eq!(after.calls[0].utterances, cold.calls[0].utterances + 1);
+        assert_eq!(after.calls[0].lines, cold.calls[0].lines + 1);
+
+        // Touched only (same bytes, new time): re-parsed, same facts.
+        let f = std::fs::File::options().write(true).open(&second).expect("open");
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_millis(123_457)).expect("touch");
+        drop(f);
+        let (after, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (1, 2));
+        assert_eq!(facts(&after.calls[1]), facts(&cold.calls[1]));
+
+        // Truncated to its first half (whole lines).
+        let text = std::fs::read_to_string(&third).expect("read");
+        let half: String = text.lines().take(text.lines().count() / 2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&third, &half).expect("truncate");
+        let (after, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (1, 2));
+        assert!(after.calls[2].lines < cold.calls[2].lines);
+        assert_eq!(facts(&after.calls[2]), facts(&parse_call_with_manifest(&after, 2, &half)));
+
+        // Replaced by another file of the same name (a rename over it): re-parsed.
+        let other = calls.path().join("other.tmp");
+        std::fs::write(&other, std::fs::read_to_string(&second).expect("read")).expect("write");
+        std::fs::rename(&other, &second).expect("rename");
+        let (_, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (1, 2));
+
+        // Nothing changed since: all from the cache, and one entry per call.
+        let (warm, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (0, 3));
+        assert_eq!(entries(cache.path()).len(), 3);
+        let cold_now = load_calls(calls.path(), |_, _| {}).expect("cold");
+        same_calls(&cold_now, &warm);
+    }
+
+    /// `parse_call` of `text` with the manifest facts of call `i` of `calls`.
+    fn parse_call_with_manifest(calls: &Calls, i: usize, text: &str) -> Call {
+        let c = &calls.calls[i];
+        let mut p = parse_call(&c.name, text).expect("parse");
+        (p.queue_id, p.queue_name, p.labels) = (c.queue_id.clone(), c.queue_name.clone(), c.labels.clone());
+        p
+    }
+
+    #[test]
+    fn damaged_cache_entries_are_rebuilt() {
+        let calls = scratch_calls(3);
+        let cache = tempfile::tempdir().expect("cache");
+        let (cold, _) = with_cache(calls.path(), cache.path());
+        let files = entries(cache.path());
+        assert_eq!(files.len(), 3);
+        // Garbage, a truncated entry, an empty one.
+        std::fs::write(&files[0], b"\x00\xffnot a cache entry at all").expect("garbage");
+        let bytes = std::fs::read(&files[1]).expect("read");
+        std::fs::write(&files[1], &bytes[..bytes.len() / 2]).expect("truncate");
+        std::fs::write(&files[2], b"").expect("empty");
+        let (rebuilt, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (3, 0));
+        assert!(s.warnings.is_empty(), "{s:?}");
+        same_calls(&cold, &rebuilt);
+        let (warm, s) = with_cache(calls.path(), cache.path());
+        assert_eq!((s.parsed, s.cached), (0, 3));
+        same_calls(&cold, &warm);
+        // A temporary file left by a crash mid-write is not an entry and changes nothing.
+        std::fs::write(cache.path().join(".tmp-1-1"), &bytes[..10]).expect("leftover");
+        assert_eq!(with_cache(calls.path(), cache.path()).1.cached, 3);
+    }
+
+    #[test]
+    fn an_unusable_cache_folder_is_a_warning_and_no_cache() {
+        let calls = scratch_calls(2);
+        let not_a_dir = tempfile::NamedTempFile::new().expect("file");
+        let (got, s) = with_cache(calls.path(), not_a_dir.path());
+        assert_eq!((s.parsed, s.cached, s.cache_dir.is_none()), (2, 0, true));
+        assert_eq!(s.warnings.len(), 1, "{s:?}");
+        assert!(s.warnings[0].contains("replay cache") && s.warnings[0].contains("without the cache"), "{s:?}");
+        same_calls(&load_calls(calls.path(), |_, _| {}).expect("cold"), &got);
+    }
+
+    #[test]
+    fn bad_lines_keep_their_file_and_line_with_a_cache_and_in_parallel() {
+        let dir = tempfile::tempdir().expect("calls");
+        let cache = tempfile::tempdir().expect("cache");
+        let good = r#"{"recordedAt":"2025-01-01T00:00:00Z","topicName":"channel.metadata"}"#;
+        std::fs::write(dir.path().join("a.jsonl"), format!("{good}\n")).expect("write");
+        std::fs::write(dir.path().join("b.jsonl"), format!("{good}\n\n{{\"recordedAt\": 5}}\n")).expect("write");
+        std::fs::write(dir.path().join("c.jsonl"), "not json\n").expect("write");
+        let options = LoadOptions { cache: Some(cache.path().to_path_buf()), threads: 3 };
+        for _ in 0..3 {
+            let err = load_calls_with(dir.path(), &options, |_, _| {}).expect_err("bad line");
+            assert_eq!(err.to_string(), "b.jsonl:3: no RFC 3339 `recordedAt` on the line");
+        }
+        std::fs::write(dir.path().join("b.jsonl"), format!("{good}\n")).expect("fix");
+        let err = load_calls_with(dir.path(), &options, |_, _| {}).expect_err("bad line");
+        assert!(err.to_string().starts_with("c.jsonl:1: not JSON"), "{err}");
+        // A bad body keeps the reference's message.
+        std::fs::write(
+            dir.path().join("c.jsonl"),
+            r#"{"recordedAt":"2025-01-01T00:00:00Z","topicName":"v2.conversations.c.transcription","eventBody":[]}"#,
+        )
+        .expect("write");
+        let err = load_calls_with(dir.path(), &options, |_, _| {}).expect_err("bad body");
+        assert!(err.to_string().starts_with("c.jsonl:1: eventBody of v2.conversations.c.transcription"), "{err}");
+        // The files that did parse were cached; the failing one was not.
+        assert_eq!(entries(cache.path()).len(), 2);
+    }
+
     #[test]
     fn folder_errors() {
         assert!(matches!(load_calls(Path::new("/nonexistent/calls"), |_, _| {}), Err(ReplayError::MissingDir(_))));
