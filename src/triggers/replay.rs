@@ -47,7 +47,7 @@ use serde_json::Value;
 use super::engine::{CompiledRules, ConversationEngine, Decision, SuppressReason};
 use super::events::{parse_envelope, Event};
 use super::recorded;
-use super::replay_cache::{CallCache, Compiled, SourceKey};
+use super::replay_cache::{source_id, CallCache, Compiled, SourceKey};
 use super::rules::RulePrompt;
 use crate::contract::Catalogue;
 
@@ -212,7 +212,14 @@ pub fn load_calls_with(
         }
     });
     stats.cache_dir = cache.as_ref().map(|c| c.dir().to_path_buf());
-    let loaded = load_files(&files, cache.as_ref(), options.threads, &mut progress)?;
+    let canonical_dir = match &cache {
+        Some(_) => {
+            std::fs::canonicalize(dir).map_err(|source| ReplayError::Read { path: dir.to_path_buf(), source })?
+        }
+        None => dir.to_path_buf(),
+    };
+    let cache = cache.as_ref().map(|c| (c, canonical_dir.as_path()));
+    let loaded = load_files(&files, cache, options.threads, &mut progress)?;
     let mut out = Calls {
         vocabulary: manifest.as_ref().map(|m| m.label_vocabulary.clone()).unwrap_or_default(),
         ..Calls::default()
@@ -264,7 +271,7 @@ struct Loaded {
 /// reported is the one a sequential run would report.
 fn load_files(
     files: &[PathBuf],
-    cache: Option<&CallCache>,
+    cache: Option<(&CallCache, &Path)>,
     threads: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Loaded>, ReplayError> {
@@ -318,8 +325,15 @@ fn load_files(
     Ok(out)
 }
 
-fn load_file(path: &Path, cache: Option<&CallCache>, writes_failed: &AtomicBool) -> Result<Loaded, ReplayError> {
+/// One file, from the cache (with `Some((cache, the folder's canonical path))`) or parsed.
+fn load_file(
+    path: &Path,
+    cache: Option<(&CallCache, &Path)>,
+    writes_failed: &AtomicBool,
+) -> Result<Loaded, ReplayError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = cache.map(|(_, dir)| source_id(dir, &name)).unwrap_or_default();
+    let cache = cache.map(|(c, _)| c);
     let read_err = |source| ReplayError::Read { path: path.to_path_buf(), source };
     let mut warnings = Vec::new();
     // The key is taken before reading: see replay_cache's docs.
@@ -328,7 +342,7 @@ fn load_file(path: &Path, cache: Option<&CallCache>, writes_failed: &AtomicBool)
         None => None,
     };
     if let (Some(cache), Some(key)) = (cache, &key) {
-        match cache.get(path, key) {
+        match cache.get(&id, key) {
             Ok(Some(c)) => {
                 let call = Call {
                     name,
@@ -358,7 +372,7 @@ fn load_file(path: &Path, cache: Option<&CallCache>, writes_failed: &AtomicBool)
                 utterances: call.utterances,
                 lines: call.lines,
             };
-            if let Err(e) = cache.put(path, key, &compiled) {
+            if let Err(e) = cache.put(&id, key, &compiled) {
                 writes_failed.store(true, Ordering::Relaxed);
                 warnings.push(format!("{e}; continuing without caching"));
             }

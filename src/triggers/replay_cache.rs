@@ -5,9 +5,9 @@
 //!
 //! # Never stale, never corrupt
 //!
-//! A cache file is named after a hash of the source's canonical path, and starts with a
-//! header that must match byte for byte: magic, [`FORMAT_VERSION`], the source's size,
-//! modification time, change time and inode ([`SourceKey`]), and the path itself. Editing,
+//! A cache file is named after a hash of the source's canonical path ([`source_id`]), and
+//! starts with a header that must match byte for byte: magic, [`FORMAT_VERSION`], the
+//! source's size, modification time, change time and inode ([`SourceKey`]), and the path. Editing,
 //! replacing, truncating or `touch`ing the source changes the key, so the entry is rebuilt.
 //! The key is taken *before* the source is read: a file changing while it is parsed leaves an
 //! entry under the old key, which the next run rejects. On file systems with whole-second
@@ -138,10 +138,9 @@ impl CallCache {
         &self.dir
     }
 
-    /// The entry file of a source (by its canonical path, so two spellings share it).
-    pub fn entry_path(&self, source: &Path) -> PathBuf {
-        let canonical = canonical(source);
-        let digest = Sha256::digest(canonical.as_bytes());
+    /// The entry file of a source, by its [`source_id`].
+    pub fn entry_path(&self, source_id: &str) -> PathBuf {
+        let digest = Sha256::digest(source_id.as_bytes());
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{hex}.call"))
     }
@@ -149,20 +148,20 @@ impl CallCache {
     /// The compiled call of `source` at version `key`: `Ok(None)` when there is no entry or
     /// it is stale, damaged or of another format (rebuild it); `Err` only when the entry
     /// exists but cannot be read.
-    pub fn get(&self, source: &Path, key: &SourceKey) -> Result<Option<Compiled>, CacheError> {
-        let path = self.entry_path(source);
+    pub fn get(&self, source_id: &str, key: &SourceKey) -> Result<Option<Compiled>, CacheError> {
+        let path = self.entry_path(source_id);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Read { path, source }),
         };
-        Ok(decode(&bytes, &header(&canonical(source), key)).ok())
+        Ok(decode(&bytes, &header(source_id, key)).ok())
     }
 
     /// Stores the compiled call of `source` at version `key`, atomically.
-    pub fn put(&self, source: &Path, key: &SourceKey, call: &Compiled) -> Result<(), CacheError> {
-        let bytes = encode(&header(&canonical(source), key), call);
-        let path = self.entry_path(source);
+    pub fn put(&self, source_id: &str, key: &SourceKey, call: &Compiled) -> Result<(), CacheError> {
+        let bytes = encode(&header(source_id, key), call);
+        let path = self.entry_path(source_id);
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = self.dir.join(format!(".tmp-{}-{seq}", std::process::id()));
         let write = || -> std::io::Result<()> {
@@ -179,8 +178,11 @@ impl CallCache {
     }
 }
 
-fn canonical(source: &Path) -> String {
-    std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()).to_string_lossy().into_owned()
+/// The identity of a source file in the cache: its folder's canonical path joined with its
+/// name, so two spellings of a folder share entries. (The folder is resolved once per run,
+/// not once per file; a symlinked file keeps its own name, and its target's key.)
+pub fn source_id(canonical_dir: &Path, file_name: &str) -> String {
+    canonical_dir.join(file_name).to_string_lossy().into_owned()
 }
 
 /// The exact bytes an entry for this source version starts with.
