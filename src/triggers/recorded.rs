@@ -184,6 +184,8 @@ fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct SnapshotBody<'a> {
+    // Read only to type-check it, as the reference does.
+    #[allow(dead_code)]
     #[serde(borrow)]
     id: Option<Text<'a>>,
     #[serde(borrow, deserialize_with = "null_default")]
@@ -241,7 +243,6 @@ impl Communication<'_> {
 /// The rules of `events::snapshot_events` (genesys-api.md §6.1). `None`: a `connectedTime`
 /// that is not RFC 3339 (the reference reports it).
 fn snapshot_events(body: &SnapshotBody, out: &mut Vec<Event>) -> Option<()> {
-    let _ = &body.id;
     let parts = &body.participants;
     let all_ended = !parts.is_empty() && parts.iter().all(|p| p.end_time.is_some());
     let mut comms = parts.iter().flat_map(Participant::communications).peekable();
@@ -268,6 +269,8 @@ fn snapshot_events(body: &SnapshotBody, out: &mut Vec<Event>) -> Option<()> {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct TranscriptionBody<'a> {
+    // Read only to type-check it, as the reference does.
+    #[allow(dead_code)]
     #[serde(borrow)]
     conversation_id: Option<Text<'a>>,
     #[serde(borrow, deserialize_with = "null_default")]
@@ -334,7 +337,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstAlternative<'a> {
 
 /// One `Utterance` per transcript that has at least one alternative, as the reference.
 fn transcription_events(body: TranscriptionBody, out: &mut Vec<Event>) {
-    let _ = &body.conversation_id;
     for t in body.transcripts {
         let Some(best) = t.alternatives.0 else { continue };
         let channel = match t.channel.as_ref().map(|c| &*c.0) {
@@ -355,6 +357,8 @@ fn transcription_events(body: TranscriptionBody, out: &mut Vec<Event>) {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct SentimentBody<'a> {
+    // Read only to type-check it, as the reference does.
+    #[allow(dead_code)]
     #[serde(borrow)]
     conversation_id: Option<Text<'a>>,
     sentiment_overall_score: Option<f64>,
