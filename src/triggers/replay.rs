@@ -581,6 +581,46 @@ pub fn evaluate(rules: &CompiledRules, calls: &[Call]) -> usize {
     n
 }
 
+/// Each call's (time zero, timed decisions), in call order, computed on every core.
+fn run_calls(rules: &CompiledRules, calls: &[Call]) -> Vec<(i64, Vec<(i64, Decision)>)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, calls.len().max(1));
+    let one = |call: &Call| {
+        let mut buf = Vec::new();
+        let t0 = run_call(rules, call, &mut buf);
+        (t0, buf)
+    };
+    if threads == 1 {
+        return calls.iter().map(one).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<(i64, Vec<(i64, Decision)>)>> = (0..calls.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (next, one) = (&next, &one);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(call) = calls.get(i) else { break };
+                        done.push((i, one(call)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for w in workers {
+            // A worker only panics if the engine does; re-raise it here rather than lose calls.
+            let done = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for (i, r) in done {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    // Every index below calls.len() was claimed by exactly one worker.
+    slots.into_iter().map(|s| s.unwrap_or_default()).collect()
+}
+
 /// Replays every call and computes the report; `labels` comes from [`rule_labels`].
 pub fn replay(
     rules: &CompiledRules,
@@ -603,12 +643,12 @@ pub fn replay(
     let mut label_recalled: BTreeMap<String, u64> = BTreeMap::new();
     let mut fires_by_call = BTreeMap::new();
     let mut events = 0u64;
-    let mut buf = Vec::new();
     let total = calls.calls.len();
-    for (ci, call) in calls.calls.iter().enumerate() {
-        buf.clear();
+    // Calls are independent: their decisions are computed on every core, then counted here
+    // in call order, so the report is the same as a sequential run's.
+    let runs = run_calls(rules, &calls.calls);
+    for (ci, (call, (t0, buf))) in calls.calls.iter().zip(runs).enumerate() {
         events += call.steps.len() as u64;
-        let t0 = run_call(rules, call, &mut buf);
         let mut fired_here = vec![false; n_rules];
         let mut recalled_here: BTreeSet<(usize, String)> = BTreeSet::new();
         let mut call_fires = Vec::new();
@@ -1009,6 +1049,24 @@ mod tests {
         // One thread or many: the same calls in the same order.
         let one = load_calls_with(&dir, &LoadOptions { cache: None, threads: 1 }, |_, _| {}).expect("one thread").0;
         same_calls(&cold, &one);
+    }
+
+    #[test]
+    fn parallel_evaluation_equals_the_sequential_one() {
+        let calls = load_calls(&calls_dir(), |_, _| {}).expect("calls");
+        let rules = example_rules();
+        let sequential: Vec<(i64, Vec<(i64, Decision)>)> = calls
+            .calls
+            .iter()
+            .map(|c| {
+                let mut buf = Vec::new();
+                let t0 = run_call(&rules, c, &mut buf);
+                (t0, buf)
+            })
+            .collect();
+        assert!(sequential.iter().any(|(_, d)| !d.is_empty()));
+        assert_eq!(run_calls(&rules, &calls.calls), sequential);
+        assert!(run_calls(&rules, &[]).is_empty());
     }
 
     fn entries(cache: &Path) -> Vec<PathBuf> {
