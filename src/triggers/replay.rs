@@ -581,8 +581,11 @@ pub fn evaluate(rules: &CompiledRules, calls: &[Call]) -> usize {
     n
 }
 
-/// Each call's (time zero, timed decisions), in call order, computed on every core.
-fn run_calls(rules: &CompiledRules, calls: &[Call]) -> Vec<(i64, Vec<(i64, Decision)>)> {
+/// One call's time zero (see [`run_call`]) and timed decisions.
+type CallRun = (i64, Vec<(i64, Decision)>);
+
+/// Each call's run, in call order, computed on every core.
+fn run_calls(rules: &CompiledRules, calls: &[Call]) -> Vec<CallRun> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, calls.len().max(1));
     let one = |call: &Call| {
         let mut buf = Vec::new();
@@ -593,7 +596,7 @@ fn run_calls(rules: &CompiledRules, calls: &[Call]) -> Vec<(i64, Vec<(i64, Decis
         return calls.iter().map(one).collect();
     }
     let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<(i64, Vec<(i64, Decision)>)>> = (0..calls.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<CallRun>> = (0..calls.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -1055,7 +1058,7 @@ mod tests {
     fn parallel_evaluation_equals_the_sequential_one() {
         let calls = load_calls(&calls_dir(), |_, _| {}).expect("calls");
         let rules = example_rules();
-        let sequential: Vec<(i64, Vec<(i64, Decision)>)> = calls
+        let sequential: Vec<CallRun> = calls
             .calls
             .iter()
             .map(|c| {
