@@ -19,7 +19,9 @@
 //!
 //! The engine starts at the call's first line with the call's queue (id and name from the
 //! manifest, else the id from the first queue topic). Before each line, pending deadlines up
-//! to its `recordedAt` are ticked at their exact times, as the live timer would.
+//! to its `recordedAt` are ticked at their exact times, as the live timer would. [`replay`]
+//! runs calls on every core (each call has its own engine) and counts their decisions in
+//! call order, so the report does not depend on the number of threads.
 //!
 //! # Scoring against labels
 //!
