@@ -270,19 +270,27 @@ mod triggers {
     }
 }
 
-/// Replay (`gc-assist replay`) over the recorded calls with examples/rules.yaml: evaluation
-/// of parsed calls, repeated to over a million utterances, beside the JSON parse of the
-/// same lines (the baseline) and parse + evaluate end to end.
+/// Replay (`gc-assist replay`) over the recorded calls with examples/rules.yaml, all beside
+/// the bare JSON parse of the same lines (the baseline): the reference end to end (a `Value`
+/// per line, then evaluate), the cold end to end (fast typed parse, then evaluate; in memory
+/// on one thread, and from the files on every core), the warm end to end (compiled calls
+/// read from the cache, then evaluate) and evaluation alone. The warm run and evaluation
+/// repeat the calls past a million utterances. `GC_ASSIST_BENCH_CALLS=DIR` picks the calls
+/// (default: the shared set beside the project, else examples/calls).
 mod replay {
     use super::*;
-    use gc_assist::triggers::replay::{evaluate, load_calls, parse_call, Call};
+    use gc_assist::triggers::replay::{
+        evaluate, load_calls, load_calls_with, parse_call, parse_call_reference, Call, LoadOptions,
+    };
     use gc_assist::triggers::{CompiledRules, RuleSet};
 
     struct Fixture {
+        dir: std::path::PathBuf,
         texts: Vec<(String, String)>,
         calls: Vec<Call>,
         utterances: usize,
         rules: CompiledRules,
+        cache: tempfile::TempDir,
     }
 
     fn fixture() -> &'static Fixture {
@@ -290,16 +298,36 @@ mod replay {
         F.get_or_init(|| {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
             let shared = root.join("../shared/data/calls");
-            let dir = if shared.join("calls.json").is_file() { shared } else { root.join("examples/calls") };
+            let dir = match std::env::var_os("GC_ASSIST_BENCH_CALLS") {
+                Some(d) => std::path::PathBuf::from(d),
+                None if shared.join("calls.json").is_file() => shared,
+                None => root.join("examples/calls"),
+            };
             let calls = load_calls(&dir, |_, _| {}).unwrap();
-            let texts = calls
+            let texts: Vec<(String, String)> = calls
                 .calls
                 .iter()
                 .map(|c| (c.name.clone(), std::fs::read_to_string(dir.join(&c.name)).unwrap()))
                 .collect();
+            // The fast parse must give the reference's events on these very calls.
+            for (name, text) in &texts {
+                let (a, b) = (parse_call(name, text).unwrap(), parse_call_reference(name, text).unwrap());
+                assert!(a.steps == b.steps && a.utterances == b.utterances, "{name}: fast != reference");
+            }
             let set = RuleSet::load(&root.join("examples/rules.yaml")).unwrap();
             let rules = CompiledRules::compile(&set, None).unwrap();
-            Fixture { texts, utterances: calls.utterances() as usize, calls: calls.calls, rules }
+            // Fill the cache once, so the warm bench reads compiled calls only.
+            let cache = tempfile::tempdir().unwrap();
+            let options = LoadOptions { cache: Some(cache.path().to_path_buf()), threads: 0 };
+            let (_, stats) = load_calls_with(&dir, &options, |_, _| {}).unwrap();
+            assert_eq!(stats.parsed, calls.calls.len());
+            eprintln!(
+                "replay fixture: {} calls, {} utterances from {}",
+                calls.calls.len(),
+                calls.utterances(),
+                dir.display()
+            );
+            Fixture { dir, texts, utterances: calls.utterances() as usize, calls: calls.calls, rules, cache }
         })
     }
 
@@ -322,12 +350,54 @@ mod replay {
         });
     }
 
-    #[divan::bench(name = "replay end to end: parse + evaluate (utterances/s)", sample_count = 20)]
+    #[divan::bench(name = "replay end to end, reference: Value parse + evaluate (utterances/s)", sample_count = 20)]
+    fn end_to_end_reference(b: Bencher) {
+        let f = fixture();
+        b.counter(divan::counter::ItemsCount::new(f.utterances)).bench(|| {
+            let calls: Vec<Call> =
+                f.texts.iter().map(|(name, text)| parse_call_reference(name, text).unwrap()).collect();
+            black_box(evaluate(&f.rules, &calls))
+        });
+    }
+
+    #[divan::bench(
+        name = "replay end to end, cold: typed parse + evaluate, 1 thread (utterances/s)",
+        sample_count = 20
+    )]
     fn end_to_end(b: Bencher) {
         let f = fixture();
         b.counter(divan::counter::ItemsCount::new(f.utterances)).bench(|| {
             let calls: Vec<Call> = f.texts.iter().map(|(name, text)| parse_call(name, text).unwrap()).collect();
             black_box(evaluate(&f.rules, &calls))
+        });
+    }
+
+    #[divan::bench(name = "replay end to end, cold from files, every core (utterances/s)", sample_count = 20)]
+    fn end_to_end_files(b: Bencher) {
+        let f = fixture();
+        b.counter(divan::counter::ItemsCount::new(f.utterances)).bench(|| {
+            let calls = load_calls(&f.dir, |_, _| {}).unwrap();
+            black_box(evaluate(&f.rules, &calls.calls))
+        });
+    }
+
+    #[divan::bench(
+        name = "replay end to end, warm: compiled calls + evaluate, >= 1M utterances (utterances/s)",
+        sample_count = 5,
+        sample_size = 1
+    )]
+    fn end_to_end_warm(b: Bencher) {
+        let f = fixture();
+        let r = repeats(f);
+        let options = LoadOptions { cache: Some(f.cache.path().to_path_buf()), threads: 0 };
+        b.counter(divan::counter::ItemsCount::new(f.utterances * r)).bench(|| {
+            let mut n = 0;
+            for _ in 0..r {
+                let (calls, stats) = load_calls_with(&f.dir, &options, |_, _| {}).unwrap();
+                assert_eq!(stats.parsed, 0);
+                n += evaluate(&f.rules, &calls.calls);
+            }
+            black_box(n)
         });
     }
 

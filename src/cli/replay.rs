@@ -3,6 +3,10 @@
 //! calls' labels; `--compare OLD.yaml` shows what changes between two rule versions. A table
 //! for people, `--json` for scripts. Exit 0 on a report, 2 on a missing folder, no calls or a
 //! bad rules file.
+//!
+//! Parsed calls are kept in a cache of compiled calls (`--cache DIR`, by default the user's
+//! cache folder; `--no-cache` to skip it), so a second run over the same files reads no JSON.
+//! A cache that cannot be used is a warning on stderr; the run goes on without it.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,7 +20,8 @@ use serde_json::json;
 
 use super::Outcome;
 use crate::contract::Catalogue;
-use crate::triggers::replay::{self, Calls, Comparison, Report, DEFAULT_TOLERANCE_MS};
+use crate::triggers::replay::{self, Calls, Comparison, LoadOptions, Report, DEFAULT_TOLERANCE_MS};
+use crate::triggers::replay_cache::CallCache;
 use crate::triggers::{CompiledRules, RuleSet};
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +45,14 @@ pub struct Args {
     /// How long after a labelled moment a fire still counts as hitting it.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TOLERANCE_MS / 1000)]
     pub tolerance_seconds: i64,
+    /// Where to keep compiled calls between runs (each call file parsed once, re-parsed
+    /// when it changes). Default: $XDG_CACHE_HOME/gc-assist/replay, else
+    /// ~/.cache/gc-assist/replay.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache: Option<PathBuf>,
+    /// Parse every call file from its JSON; read and write no cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -51,14 +64,22 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let old_rules = args.compare.as_deref().map(|p| compile(p, catalogue.as_ref())).transpose()?;
     let show_progress = !args.json && std::io::stderr().is_terminal();
 
+    let cache = if args.no_cache { None } else { args.cache.clone().or_else(CallCache::default_dir) };
+    if !args.no_cache && cache.is_none() {
+        eprintln!("warning: no cache folder is known (set XDG_CACHE_HOME or HOME, or pass --cache DIR); replaying without the cache");
+    }
+    let options = LoadOptions { cache, threads: 0 };
     let started = Instant::now();
-    let bar = progress(show_progress, "parsing calls");
-    let calls = replay::load_calls(&args.calls, |done, total| {
+    let bar = progress(show_progress, "loading calls");
+    let (calls, loaded) = replay::load_calls_with(&args.calls, &options, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
     let parse_time = started.elapsed();
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
 
     let tolerance_ms = args.tolerance_seconds.max(0).saturating_mul(1000);
     let (report, eval_time) = run_one(&new_rules, &calls, catalogue.as_ref(), tolerance_ms, show_progress, "replaying");
@@ -74,6 +95,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         "evaluateMs": ms(eval_time),
         "utterancesPerSecondEvaluate": rate(eval_time),
         "utterancesPerSecondEndToEnd": rate(parse_time + eval_time),
+        "callsFromCache": loaded.cached,
+        "callsParsed": loaded.parsed,
+        "cacheDir": loaded.cache_dir.as_ref().map(|d| d.display().to_string()),
     });
 
     if args.json {
@@ -117,8 +141,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             println!("Calls that fire differently ({}): {}", c.changed_calls.len(), c.changed_calls.join(", "));
         }
     }
+    let source = match &loaded.cache_dir {
+        Some(d) => format!("{} from the cache in {}, {} parsed", loaded.cached, d.display(), loaded.parsed),
+        None => format!("{} parsed, no cache", loaded.parsed),
+    };
     println!(
-        "Parsed in {} ms, evaluated in {} ms: {} utterances/s evaluating, {} utterances/s end to end (JSON parse included).",
+        "Loaded {} calls ({source}) in {} ms, evaluated in {} ms: {} utterances/s evaluating, {} utterances/s end to end (loading included).",
+        report.calls,
         ms(parse_time),
         ms(eval_time),
         rate(eval_time),

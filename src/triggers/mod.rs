@@ -7,6 +7,8 @@
 //! - [`rules`]: rules files: parsing, validation with file:line messages, hot reload.
 //! - [`live`]: the async runtime: notifications → engines → injections (the only I/O here).
 //! - [`replay`]: backtesting rules over recorded calls, with precision and recall.
+//! - [`recorded`]: replay's fast parse of recorded lines (typed, borrowed, topic-dispatched).
+//! - [`replay_cache`]: replay's compiled calls, cached on disk between runs.
 //! - [`engine`]: a rule set compiled once, and the per-conversation rule engine (cooldown,
 //!   caps, priority, shadow, API-armed entries).
 //!
@@ -19,7 +21,9 @@ pub mod events;
 pub mod keywords;
 pub mod live;
 pub mod normalize;
+pub mod recorded;
 pub mod replay;
+pub mod replay_cache;
 pub mod rules;
 
 pub use engine::{CompiledRule, CompiledRules, ConversationEngine, Decision, SuppressReason};

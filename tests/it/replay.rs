@@ -1,6 +1,8 @@
 //! Integration tests: `gc-assist replay` over the recorded calls (the shared set when it is
-//! beside the project, else examples/calls), its JSON shape, `--compare`, and exit 2 with
-//! file:line messages for a broken rules file, a missing folder or no calls.
+//! beside the project, else examples/calls), its JSON shape, `--compare`, the compiled-calls
+//! cache (cold, warm and `--no-cache` give the same report; an unusable cache is a warning),
+//! and exit 2 with file:line messages for a broken rules file, a missing folder, no calls or
+//! a bad line.
 
 use std::collections::BTreeSet;
 
@@ -195,4 +197,88 @@ fn missing_folder_or_no_calls_exit_2() {
     let out = support::run(&["replay", "--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(support::stdout(&out).contains("--compare"));
+}
+
+/// `replay --json` over `calls` with `extra` flags and environment; (stdout JSON, stderr).
+fn replay_json_in(calls: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (Value, String) {
+    let mut args = vec!["replay", "--rules", "examples/rules.yaml", "--calls", calls.to_str().expect("path"), "--json"];
+    args.extend_from_slice(extra);
+    let out = support::run(&args, env);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    (serde_json::from_str(&support::stdout(&out)).expect("--json prints JSON"), support::stderr(&out))
+}
+
+#[test]
+fn cold_warm_and_no_cache_runs_report_the_same() {
+    let calls = support::shared_calls();
+    let n = manifest()["calls"].as_array().expect("calls").len() as u64;
+    let cache = tempfile::tempdir().expect("cache");
+    let old = cache.path().join("old.yaml");
+    std::fs::write(
+        &old,
+        "- id: refund_request\n  promptId: d4e5f6a7-b8c9-0123-4567-890abcdef123\n  conditions: [{type: keyword, value: money back}]\n",
+    )
+    .expect("old rules");
+    let dir = cache.path().join("entries");
+    let with = ["--cache", dir.to_str().expect("path"), "--compare", old.to_str().expect("path")];
+    let (cold, _) = replay_json_in(&calls, &with, &[]);
+    let (warm, _) = replay_json_in(&calls, &with, &[]);
+    let (none, _) = replay_json_in(&calls, &["--no-cache", "--compare", old.to_str().expect("path")], &[]);
+    assert_eq!((cold["timing"]["callsParsed"].as_u64(), cold["timing"]["callsFromCache"].as_u64()), (Some(n), Some(0)));
+    assert_eq!((warm["timing"]["callsParsed"].as_u64(), warm["timing"]["callsFromCache"].as_u64()), (Some(0), Some(n)));
+    assert!(none["timing"]["cacheDir"].is_null(), "{}", none["timing"]);
+    for v in [&warm, &none] {
+        assert_eq!(v["report"], cold["report"]);
+        assert_eq!(v["comparison"], cold["comparison"]);
+    }
+    assert!(cold["report"]["rules"].as_array().is_some_and(|r| !r.is_empty()));
+    // The default cache folder follows XDG_CACHE_HOME.
+    let xdg = tempfile::tempdir().expect("xdg");
+    let (v, _) = replay_json_in(&calls, &[], &[("XDG_CACHE_HOME", xdg.path().to_str().expect("path"))]);
+    let want = xdg.path().join("gc-assist").join("replay");
+    assert_eq!(v["timing"]["cacheDir"].as_str(), want.to_str());
+    assert_eq!(v["report"], cold["report"]);
+    assert!(std::fs::read_dir(&want).expect("cache made").count() as u64 >= n);
+}
+
+#[test]
+fn an_unusable_cache_folder_is_a_warning_not_a_failure() {
+    let calls = support::shared_calls();
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let (v, err) = replay_json_in(&calls, &["--cache", file.path().to_str().expect("path")], &[]);
+    assert!(err.contains("warning: cannot use") && err.contains("without the cache"), "{err}");
+    assert!(v["timing"]["cacheDir"].is_null());
+    assert!(v["report"]["calls"].as_u64().unwrap_or(0) > 0);
+    // A table run says where the calls came from.
+    let out = support::run(
+        &["replay", "--rules", "examples/rules.yaml", "--calls", calls.to_str().expect("path"), "--no-cache"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains("parsed, no cache"), "{}", support::stdout(&out));
+}
+
+#[test]
+fn a_bad_line_names_its_file_and_line_with_the_cache_on() {
+    let dir = tempfile::tempdir().expect("calls");
+    let cache = tempfile::tempdir().expect("cache");
+    std::fs::write(
+        dir.path().join("a.jsonl"),
+        "{\"recordedAt\":\"2025-01-01T00:00:00Z\",\"topicName\":\"channel.metadata\"}\n{\"recordedAt\":\n",
+    )
+    .expect("write");
+    let out = support::run(
+        &[
+            "replay",
+            "--rules",
+            "examples/rules.yaml",
+            "--calls",
+            dir.path().to_str().expect("path"),
+            "--cache",
+            cache.path().to_str().expect("path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(support::stderr(&out).contains("a.jsonl:2: not JSON"), "{}", support::stderr(&out));
 }
