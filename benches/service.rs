@@ -231,8 +231,7 @@ impl Running {
 /// The real service: durable store in `dir`, panel channel only, no Genesys, one global
 /// webhook so every injection also writes an outbox message (no worker sends them here).
 async fn start_service(dir: &Path) -> Running {
-    let store =
-        Store::open(&dir.join("svc.db"), StoreOptions::default()).await.expect("store");
+    let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.expect("store");
     let service = Service::start(ServiceDeps {
         store: store.clone(),
         catalogue: None,

@@ -37,8 +37,8 @@
 
 pub mod clock;
 pub mod model;
-mod ops;
 mod native;
+mod ops;
 mod raw_audit;
 mod read;
 pub mod rollup;

@@ -222,7 +222,8 @@ impl Stmts {
         let slot = &mut self.list[sql as usize];
         if slot.is_null() {
             let text = sql.text();
-            let len = c_int::try_from(text.len()).map_err(|_| Failure { code: ffi::SQLITE_TOOBIG, message: "a statement is too long".into() })?;
+            let len = c_int::try_from(text.len())
+                .map_err(|_| Failure { code: ffi::SQLITE_TOOBIG, message: "a statement is too long".into() })?;
             let mut raw = std::ptr::null_mut();
             // SAFETY: `db` is open and locked by this thread; the text pointer and length are
             // valid for the call (SQLite copies what it keeps). PERSISTENT: kept for long.
@@ -327,7 +328,8 @@ impl<'a> Exec<'a> {
     fn blob(&mut self, i: c_int, v: &'a [u8]) -> &mut Self {
         // SAFETY: as in `text`. A zero-length blob is bound as an empty blob, not NULL, because
         // the pointer of an empty slice is non-null (dangling but never read).
-        let rc = unsafe { ffi::sqlite3_bind_blob64(self.stmt, i, v.as_ptr().cast(), v.len() as u64, ffi::SQLITE_STATIC()) };
+        let rc =
+            unsafe { ffi::sqlite3_bind_blob64(self.stmt, i, v.as_ptr().cast(), v.len() as u64, ffi::SQLITE_STATIC()) };
         self.check(rc);
         self
     }
@@ -421,7 +423,16 @@ impl<'w> Tx<'w> {
         rng: &'w mut StdRng,
         at: AuditTime,
     ) -> Tx<'w> {
-        Tx { db: db.as_ptr(), stmts, chain, rng, day: at.as_str()[..10].to_owned(), at, records: Vec::new(), wrote: false }
+        Tx {
+            db: db.as_ptr(),
+            stmts,
+            chain,
+            rng,
+            day: at.as_str()[..10].to_owned(),
+            at,
+            records: Vec::new(),
+            wrote: false,
+        }
     }
 
     fn exec<'a>(&mut self, sql: Sql) -> Result<Exec<'a>, Failure> {
@@ -468,9 +479,9 @@ impl<'w> Tx<'w> {
                 *self.chain = Chain::resume(start.0, start.1);
                 self.records.clear();
                 self.simple(Sql::Begin, "starting a transaction")?;
-                let a = self.pass(batches, true)?.ok_or_else(|| {
-                    StoreError::Invalid("internal: a savepoint pass asked for a replay".into())
-                })?;
+                let a = self
+                    .pass(batches, true)?
+                    .ok_or_else(|| StoreError::Invalid("internal: a savepoint pass asked for a replay".into()))?;
                 (a, true)
             }
         };

@@ -624,7 +624,8 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
             rest = tail;
-            let sql = format!("{}{}{}", UPDATE_INJECTIONS.0, placeholders(UPDATE_COLS, chunk.len()), UPDATE_INJECTIONS.1);
+            let sql =
+                format!("{}{}{}", UPDATE_INJECTIONS.0, placeholders(UPDATE_COLS, chunk.len()), UPDATE_INJECTIONS.1);
             let mut q = sqlx::query(&sql);
             for u in chunk {
                 q = q

@@ -534,7 +534,12 @@ async fn a_failed_transaction_answers_everyone_and_the_chain_stays_whole() {
 
 /// Queues `rows` as one drain behind a transaction that waits for another connection's lock,
 /// so they share ONE transaction; returns each write's answer.
-async fn one_drain(store: &Store, path: &Path, rows: &[InjectionRow], extra: impl Fn(&InjectionRow) -> WriteOp) -> Vec<Result<Vec<AuditRecord>, StoreError>> {
+async fn one_drain(
+    store: &Store,
+    path: &Path,
+    rows: &[InjectionRow],
+    extra: impl Fn(&InjectionRow) -> WriteOp,
+) -> Vec<Result<Vec<AuditRecord>, StoreError>> {
     let mut other = sqlx::sqlite::SqliteConnectOptions::new().filename(path).connect().await.unwrap();
     sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
     // The writer takes this one alone and waits in BEGIN for the lock...
