@@ -503,7 +503,9 @@ impl<'w> Tx<'w> {
         batches: impl Iterator<Item = &'j WriteBatch>,
         savepoints: bool,
     ) -> Result<Option<Vec<Result<BatchOutcome, StoreError>>>, StoreError> {
-        let mut out = Vec::new();
+        // Per batch: how many records it sealed and its row counts, or its error; the records
+        // themselves are moved out of `self.records` at the end, not copied.
+        let mut out: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::new();
         for batch in batches {
             let before = (self.chain.last_seq(), self.chain.last_hash());
             let first = self.records.len();
@@ -532,8 +534,7 @@ impl<'w> Tx<'w> {
                     if savepoints {
                         self.simple(Sql::Release, "releasing a savepoint")?;
                     }
-                    let records = self.records[first..].to_vec();
-                    out.push(Ok(BatchOutcome { records, affected }));
+                    out.push(Ok((self.records.len() - first, affected)));
                 }
                 Some(e) if !e.is_batch_local() => return Err(e),
                 Some(e) => {
@@ -549,7 +550,12 @@ impl<'w> Tx<'w> {
                 }
             }
         }
-        Ok(Some(out))
+        let mut records = std::mem::take(&mut self.records).into_iter();
+        let answers = out
+            .into_iter()
+            .map(|o| o.map(|(n, affected)| BatchOutcome { records: records.by_ref().take(n).collect(), affected }))
+            .collect();
+        Ok(Some(answers))
     }
 
     fn apply(&mut self, op: &WriteOp) -> Result<u64, StoreError> {
