@@ -199,29 +199,6 @@ impl fmt::Debug for StoreOptions {
     }
 }
 
-/// How often the WAL is checkpointed, off the writer.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Copies committed pages from the WAL into the database file on its own connection, so the
-/// writer never waits for it. PASSIVE: it takes no lock a writer or reader waits for, and
-/// SQLite restarts the WAL from its start once everything in it is copied. Ends when the
-/// last store handle is gone.
-async fn checkpointer(mut conn: sqlx::SqliteConnection, writer: mpsc::WeakSender<writer::Msg>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match writer.upgrade() {
-            Some(w) if !w.is_closed() => {}
-            _ => break,
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
-            tracing::warn!(error = %e, "checkpointing the store's WAL failed; retrying");
-        }
-    }
-    let _ = sqlx::Connection::close(conn).await;
-}
-
 /// A handle to the store; clones share the writer and the read pool.
 #[derive(Clone)]
 pub struct Store {
@@ -260,10 +237,6 @@ impl Store {
             .await
             .map_err(|e| StoreError::Migrate { path: path.to_path_buf(), source: Arc::new(e) })?;
         let (last_seq, last_hash, last_at) = writer::check_head(&mut conn).await?;
-        // The writer never checkpoints the WAL itself (a checkpoint copies and fsyncs up to
-        // thousands of pages: milliseconds every writer would wait for); `checkpointer` does.
-        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn).await.map_err(open_err)?;
-        let checkpoints = base.clone().connect().await.map_err(open_err)?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.read_connections.max(1))
             .connect_with(base.read_only(true))
@@ -286,7 +259,6 @@ impl Store {
             stmts: Default::default(),
         };
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
-        tokio::spawn(checkpointer(checkpoints, tx.downgrade()));
         // The writer runs on a thread of its own: a group commit is one blocking call into
         // SQLite (`native`), and the thread ends when every handle is gone or on `close`.
         let (stopped_tx, stopped) = oneshot::channel();
