@@ -148,7 +148,12 @@ async fn http(rows: &mut Vec<Row>) {
     svc.stop().await;
 
     // Each rate against a fresh service, so no backlog of the previous part is counted.
-    for rate in OPEN_RATES {
+    // `SVCBENCH_RATES=1000,500` replaces the rates, to find the highest one meeting a p99.
+    let rates: Vec<u64> = std::env::var("SVCBENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| OPEN_RATES.to_vec());
+    for rate in rates {
         let dir = tempfile::tempdir().expect("tempdir");
         let svc = start_service(dir.path()).await;
         closed_loop(&client, &svc.url, 16, Duration::from_millis(300)).await;
