@@ -7,7 +7,7 @@
 //!
 //! # Shape
 //!
-//! - **One writer.** A single task owns the only writing connection and the audit chain head
+//! - **One writer.** A thread of its own owns the only writing connection and the audit chain head
 //!   ([`writer`]). Callers hand it a [`WriteBatch`] of typed [`WriteOp`]s through
 //!   [`Store::write`] and wait for the answer. The writer drains every queued batch (up to
 //!   [`StoreOptions::max_drain`]) into ONE transaction and one fsync (group commit), seals the
