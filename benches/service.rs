@@ -69,7 +69,6 @@ async fn run() {
     if want("append") {
         for tasks in APPEND_TASKS {
             append(&mut rows, tasks).await;
-            append_values(&mut rows, tasks).await;
         }
     }
     println!();
@@ -83,7 +82,7 @@ async fn run() {
 /// 1 + 2: HTTP, the real service against the empty handler.
 async fn http(rows: &mut Vec<Row>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let svc = start_service(dir.path(), false).await;
+    let svc = start_service(dir.path()).await;
     let empty = start_empty().await;
     let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(256).build().expect("reqwest client");
 
@@ -133,30 +132,6 @@ async fn http(rows: &mut Vec<Row>) {
         base.cpu / base.secs,
         base.cpu * 1e6 / base.ok.max(1) as f64
     );
-    // The same service with the store's other row form (JSON rows), right after.
-    let dir_v = tempfile::tempdir().expect("tempdir");
-    let svc_v = start_service(dir_v.path(), true).await;
-    closed_loop(&client, &svc_v.url, 16, Duration::from_millis(500)).await;
-    let values = closed_loop(&client, &svc_v.url, clients, Duration::from_secs(CLOSED_SECS)).await;
-    println!(
-        "closed loop: service with JSON rows {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each",
-        values.ok,
-        values.other,
-        values.secs,
-        values.cpu / values.secs,
-        values.cpu * 1e6 / values.ok.max(1) as f64
-    );
-    svc_v.stop().await;
-    rows.push(Row {
-        what: format!("same, store writing rows as JSON (StoreOptions::bulk_json), {clients} clients"),
-        figure: format!("{:.0}/s ({:.0} µs CPU each)", values.rate(), values.cpu * 1e6 / values.ok.max(1) as f64),
-        baseline: format!(
-            "multi-row VALUES (default): {:.0}/s ({:.0} µs CPU each)",
-            real.rate(),
-            real.cpu * 1e6 / real.ok.max(1) as f64
-        ),
-        ratio: format!("JSON {:.2}x", values.rate() / real.rate().max(1e-9)),
-    });
     rows.push(Row {
         what: format!("accepted injections/s, closed loop, {clients} keep-alive clients, {CLOSED_SECS} s"),
         figure: format!(
@@ -173,9 +148,14 @@ async fn http(rows: &mut Vec<Row>) {
     svc.stop().await;
 
     // Each rate against a fresh service, so no backlog of the previous part is counted.
-    for rate in OPEN_RATES {
+    // `SVCBENCH_RATES=1000,500` replaces the rates, to find the highest one meeting a p99.
+    let rates: Vec<u64> = std::env::var("SVCBENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| OPEN_RATES.to_vec());
+    for rate in rates {
         let dir = tempfile::tempdir().expect("tempdir");
-        let svc = start_service(dir.path(), false).await;
+        let svc = start_service(dir.path()).await;
         closed_loop(&client, &svc.url, 16, Duration::from_millis(300)).await;
         let lat = open_loop(&client, &svc.url, rate).await;
         print_live(&svc, &format!("after the open loop at {rate}/s"));
@@ -198,23 +178,6 @@ async fn http(rows: &mut Vec<Row>) {
         println!("first failed request: {e}");
     }
     empty.stop().await;
-}
-
-/// 3b: the same append with the store's other row form (JSON rows, `bulk_json`).
-async fn append_values(rows: &mut Vec<Row>, tasks: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a, _) = store_append_with(dir.path(), tasks, true).await;
-    let raw = raw_inserts(dir.path(), a.rows).await;
-    println!(
-        "append with JSON rows ({tasks} tasks): {} audit records, {} transactions in {:.3}s; raw sqlx {:.3}s",
-        a.records, a.transactions, a.secs, raw
-    );
-    rows.push(Row {
-        what: format!("same, {tasks} tasks, store writing rows as JSON (bulk_json)"),
-        figure: format!("{:.0} audit records/s", a.records as f64 / a.secs),
-        baseline: format!("raw sqlx, same rows: {:.0} rows/s", a.rows as f64 / raw),
-        ratio: format!("{:.2}x (rows/s)", a.rows as f64 / a.secs / (a.rows as f64 / raw)),
-    });
 }
 
 /// 3: durable append through the store from `tasks` writers, against raw sqlx inserts of
@@ -272,9 +235,8 @@ impl Running {
 
 /// The real service: durable store in `dir`, panel channel only, no Genesys, one global
 /// webhook so every injection also writes an outbox message (no worker sends them here).
-async fn start_service(dir: &Path, bulk_json: bool) -> Running {
-    let store =
-        Store::open(&dir.join("svc.db"), StoreOptions { bulk_json, ..StoreOptions::default() }).await.expect("store");
+async fn start_service(dir: &Path) -> Running {
+    let store = Store::open(&dir.join("svc.db"), StoreOptions::default()).await.expect("store");
     let service = Service::start(ServiceDeps {
         store: store.clone(),
         catalogue: None,
@@ -568,11 +530,7 @@ fn insert_op(n: usize) -> WriteOp {
 }
 
 async fn store_append(dir: &Path, writers: usize) -> (Append, (u64, f64, bool, f64)) {
-    store_append_with(dir, writers, false).await
-}
-
-async fn store_append_with(dir: &Path, writers: usize, bulk_json: bool) -> (Append, (u64, f64, bool, f64)) {
-    let opts = StoreOptions { bulk_json, ..StoreOptions::default() };
+    let opts = StoreOptions::default();
     let store = Store::open(&dir.join("append.db"), opts).await.expect("store");
     // Built before timing: the figure is the store's, not payload validation's.
     let mut chunks: Vec<Vec<WriteOp>> = (0..writers).map(|_| Vec::new()).collect();

@@ -108,7 +108,8 @@ async fn create_inner(st: AppState, headers: HeaderMap, body: Body) -> Result<Re
     if std::str::from_utf8(&bytes).is_err() {
         return Err(ApiError::bad_request("invalid_encoding", "the body is not UTF-8 text; send UTF-8 JSON"));
     }
-    let request_hash = hex::encode(Sha256::digest(&bytes));
+    // Only an idempotent request stores or compares its hash: skip the work otherwise.
+    let request_hash = if idem.is_some() { hex::encode(Sha256::digest(&bytes)) } else { String::new() };
     if let Some(k) = &idem {
         if let Some(replay) = replay(&st, &key.id, k, &request_hash).await? {
             return Ok(replay);

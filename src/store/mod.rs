@@ -7,7 +7,7 @@
 //!
 //! # Shape
 //!
-//! - **One writer.** A single task owns the only writing connection and the audit chain head
+//! - **One writer.** A thread of its own owns the only writing connection and the audit chain head
 //!   ([`writer`]). Callers hand it a [`WriteBatch`] of typed [`WriteOp`]s through
 //!   [`Store::write`] and wait for the answer. The writer drains every queued batch (up to
 //!   [`StoreOptions::max_drain`]) into ONE transaction and one fsync (group commit), seals the
@@ -35,9 +35,9 @@
 //! Migrations are checksummed by sqlx when applied: never edit one that has shipped; add
 //! `migrations/sqlite/NNNN_what.sql` instead (`build.rs` rebuilds when the folder changes).
 
-mod bulk;
 pub mod clock;
 pub mod model;
+mod native;
 mod ops;
 mod raw_audit;
 mod read;
@@ -56,7 +56,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, SqlitePool};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::audit::{AuditError, AuditRecord, Chain};
@@ -91,6 +90,8 @@ pub enum StoreError {
     Database { context: &'static str, source: Arc<sqlx::Error> },
     #[error("injection {id} is {actual}, not {expected}: it changed meanwhile; read it again and decide anew")]
     Conflict { id: Uuid, expected: InjectionStatus, actual: InjectionStatus },
+    #[error("database error while {context}: SQLite error {code}: {message}")]
+    Sqlite { context: &'static str, code: i32, message: String },
     #[error("{what} {id} does not exist")]
     NotFound { what: &'static str, id: String },
     #[error("{what} {id} already exists")]
@@ -143,6 +144,8 @@ impl StoreError {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
                 _ => false,
             },
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6) and SQLITE_IOERR (10), with their extended codes.
+            StoreError::Sqlite { code, .. } => matches!(code & 0xff, 5 | 6 | 10),
             _ => false,
         }
     }
@@ -168,12 +171,6 @@ pub struct StoreOptions {
     pub clock: Arc<dyn Clock>,
     /// Seeds the random part of audit ids (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
-    /// Hand SQLite the rows of a group commit as one JSON parameter per table (one statement
-    /// and one thread hand-off per table) instead of multi-row `VALUES` statements (one per
-    /// power-of-two chunk; the default). Measured side by side (BENCHMARKS.md, 2026-11-24
-    /// 02:12), SQLite's JSON unpacking cost more CPU than the hand-offs it saved on the
-    /// 2-core machine, so it is off; kept selectable for machines where hand-offs dominate.
-    pub bulk_json: bool,
 }
 
 impl Default for StoreOptions {
@@ -185,7 +182,6 @@ impl Default for StoreOptions {
             queue_capacity: 8192,
             clock: Arc::new(SystemClock),
             rng_seed: None,
-            bulk_json: false,
         }
     }
 }
@@ -199,7 +195,6 @@ impl fmt::Debug for StoreOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("clock", &self.clock)
             .field("rng_seed", &self.rng_seed.map(|_| "set"))
-            .field("bulk_json", &self.bulk_json)
             .finish()
     }
 }
@@ -215,7 +210,8 @@ struct Inner {
     tx: mpsc::Sender<writer::Msg>,
     read: SqlitePool,
     counters: Arc<writer::Counters>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Answered (or dropped) when the writer's thread has closed its connection.
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl fmt::Debug for Store {
@@ -260,12 +256,21 @@ impl Store {
             rng,
             counters: counters.clone(),
             max_drain: opts.max_drain.max(1),
-            bulk_json: opts.bulk_json,
+            stmts: Default::default(),
         };
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
-        let task = tokio::spawn(w.run(rx));
+        // The writer runs on a thread of its own: a group commit is one blocking call into
+        // SQLite (`native`), and the thread ends when every handle is gone or on `close`.
+        let (stopped_tx, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("gc-assist-store-writer".into())
+            .spawn(move || {
+                w.run(rx);
+                let _ = stopped_tx.send(());
+            })
+            .map_err(|e| StoreError::Open { path: path.to_path_buf(), source: Arc::new(sqlx::Error::Io(e)) })?;
         Ok(Store {
-            inner: Arc::new(Inner { path: path.to_path_buf(), tx, read, counters, task: Mutex::new(Some(task)) }),
+            inner: Arc::new(Inner { path: path.to_path_buf(), tx, read, counters, stopped: Mutex::new(Some(stopped)) }),
         })
     }
 
@@ -303,8 +308,8 @@ impl Store {
         if self.inner.tx.send(writer::Msg::Close(done)).await.is_ok() {
             let _ = closed.await;
         }
-        if let Some(task) = self.inner.task.lock().await.take() {
-            let _ = task.await;
+        if let Some(stopped) = self.inner.stopped.lock().await.take() {
+            let _ = stopped.await;
         }
         self.inner.read.close().await;
         Ok(())

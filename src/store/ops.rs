@@ -11,7 +11,6 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::bulk;
 use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow, Redrive, RuleFireRow};
 use super::{db_err, StoreError, IDEMPOTENCY_TTL_MS};
 use crate::audit::{AuditDraft, AuditRecord, AuditTime, Chain, Checkpoint, Digest};
@@ -131,8 +130,6 @@ pub(super) struct TxCtx<'c, 'j> {
     now: i64,
     day: String,
     bulk: bool,
-    /// Rows go to SQLite as JSON where they can (`StoreOptions::bulk_json`).
-    pub json: bool,
     /// Whether the current batch has changed anything yet (buffered counts).
     pub wrote: bool,
     /// A buffered statement failed on a constraint: replay the drain.
@@ -184,6 +181,10 @@ const INSERT_OUTBOX: (&str, &str) = (
      CASE WHEN state = 'pending' AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.url = v.endpoint_url) \
      THEN 'disabled' ELSE state END, last_status, last_error, delivered_at FROM v",
 );
+
+/// The chain head (only when the last parameter is true: records were appended) and COMMIT,
+/// in one statement: one hand-off to sqlx's SQLite thread.
+const FINISH_HEAD: &str = "UPDATE audit_head SET last_seq = ?, last_hash = ?, last_at = ? WHERE id = 1 AND ?; COMMIT";
 
 /// Rows per multi-row statement, kept well under SQLite's 32766 bound parameters.
 const CHUNK_ROWS: usize = 128;
@@ -242,7 +243,6 @@ impl<'c, 'j> TxCtx<'c, 'j> {
             at,
             now,
             bulk,
-            json: true,
             wrote: false,
             flush_failed: false,
             records: Vec::new(),
@@ -517,14 +517,6 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Some(json) = self.json.then(|| bulk::engagements(buf.iter().copied())).flatten() {
-            sqlx::query(bulk::INSERT_ENGAGEMENTS_JSON)
-                .bind(json)
-                .execute(&mut *self.conn)
-                .await
-                .map_err(db_err("inserting engagement events"))?;
-            return Ok(());
-        }
         let mut rest = &buf[..];
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
@@ -549,35 +541,12 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         Ok(())
     }
 
-    /// Ends the transaction in one hand-off: writes what is still buffered, moves the chain
-    /// head (when `head.3`, records were appended) and commits. Buffers that cannot travel
-    /// as JSON (a NUL in a text) are written with bound parameters first.
+    /// Ends the transaction: writes what is still buffered, then moves the chain head (when
+    /// `head.3`, records were appended) and commits in one statement (one hand-off).
     pub async fn finish(&mut self, head: (i64, &[u8], i64, bool)) -> Result<(), StoreError> {
-        if !self.updates.is_empty() {
-            // Updates read back what they changed; they go out first, after their inserts.
-            self.flush_injections().await?;
-            self.flush_updates(!self.bulk).await?;
-        }
-        let json = if !self.json {
-            (None, None, None, None)
-        } else {
-            (
-                bulk::injections(self.injections.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str()))),
-                bulk::audit(&self.records[self.audit_flushed..], &self.day),
-                bulk::outbox(self.outbox.iter().copied()),
-                bulk::engagements(self.engagements.iter().copied()),
-            )
-        };
+        self.flush().await?;
         let (seq, hash, at, appended) = head;
-        let q = match json {
-            (Some(i), Some(a), Some(o), Some(e)) => {
-                sqlx::query(bulk::finish_sql()).bind(i).bind(a).bind(o).bind(e).bind(seq).bind(hash).bind(at)
-            }
-            _ => {
-                self.flush().await?;
-                sqlx::query(bulk::FINISH_HEAD).bind(seq).bind(hash).bind(at)
-            }
-        };
+        let q = sqlx::query(FINISH_HEAD).bind(seq).bind(hash).bind(at);
         let r = q.bind(appended).execute(&mut *self.conn).await;
         if let Err(e) = r {
             let single = StoreError::Invalid(format!("committing: {e}"));
@@ -610,15 +579,6 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     async fn flush_injections(&mut self) -> Result<(), StoreError> {
         let buf = std::mem::take(&mut self.injections);
         if buf.is_empty() {
-            return Ok(());
-        }
-        if let Some(json) =
-            self.json.then(|| bulk::injections(buf.iter().map(|(r, p, c)| (*r, p.as_str(), c.as_str())))).flatten()
-        {
-            if let Err(e) = sqlx::query(bulk::INSERT_INJECTIONS_JSON).bind(json).execute(&mut *self.conn).await {
-                let single = StoreError::Duplicate { what: "injection", id: buf[0].0.id.to_string() };
-                return Err(self.buffered_err(e, "inserting injections", single));
-            }
             return Ok(());
         }
         let mut rest = &buf[..];
@@ -660,41 +620,25 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     /// `attributable`: the buffer holds one batch's update only, so a miss is that batch's.
     async fn flush_updates(&mut self, attributable: bool) -> Result<(), StoreError> {
         let buf = std::mem::take(&mut self.updates);
-        // One JSON-fed statement for the whole buffer when it encodes; else bound chunks.
-        let json = self.json.then(|| bulk::updates(buf.iter().copied())).flatten();
         let mut rest = &buf[..];
         while !rest.is_empty() {
-            let (chunk, tail) = match json {
-                Some(_) => (rest, &rest[rest.len()..]),
-                None => rest.split_at(chunk_len(rest.len())),
-            };
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
             rest = tail;
-            let sql;
-            let q = match &json {
-                Some(json) => sqlx::query(bulk::UPDATE_INJECTIONS_JSON).bind(json.as_str()),
-                None => {
-                    sql = format!(
-                        "{}{}{}",
-                        UPDATE_INJECTIONS.0,
-                        placeholders(UPDATE_COLS, chunk.len()),
-                        UPDATE_INJECTIONS.1
-                    );
-                    let mut q = sqlx::query(&sql);
-                    for u in chunk {
-                        q = q
-                            .bind(u.id.hyphenated())
-                            .bind(u.expected_status.as_str())
-                            .bind(u.status.as_str())
-                            .bind(u.at)
-                            .bind(u.admitted_at)
-                            .bind(u.show_at)
-                            .bind(u.expires_at)
-                            .bind(u.queue_deadline)
-                            .bind(u.last_error.as_deref());
-                    }
-                    q
-                }
-            };
+            let sql =
+                format!("{}{}{}", UPDATE_INJECTIONS.0, placeholders(UPDATE_COLS, chunk.len()), UPDATE_INJECTIONS.1);
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q
+                    .bind(u.id.hyphenated())
+                    .bind(u.expected_status.as_str())
+                    .bind(u.status.as_str())
+                    .bind(u.at)
+                    .bind(u.admitted_at)
+                    .bind(u.show_at)
+                    .bind(u.expires_at)
+                    .bind(u.queue_deadline)
+                    .bind(u.last_error.as_deref());
+            }
             let changed = match q.fetch_all(&mut *self.conn).await {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -748,18 +692,6 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     }
 
     async fn flush_audit(&mut self) -> Result<(), StoreError> {
-        if self.audit_flushed < self.records.len() {
-            if let Some(json) = self.json.then(|| bulk::audit(&self.records[self.audit_flushed..], &self.day)).flatten()
-            {
-                sqlx::query(bulk::INSERT_AUDIT_JSON)
-                    .bind(json)
-                    .execute(&mut *self.conn)
-                    .await
-                    .map_err(db_err("appending audit records"))?;
-                self.audit_flushed = self.records.len();
-                return Ok(());
-            }
-        }
         let mut from = self.audit_flushed;
         while from < self.records.len() {
             let n = chunk_len(self.records.len() - from);
@@ -796,13 +728,6 @@ impl<'c, 'j> TxCtx<'c, 'j> {
     async fn flush_outbox(&mut self) -> Result<(), StoreError> {
         let buf = std::mem::take(&mut self.outbox);
         if buf.is_empty() {
-            return Ok(());
-        }
-        if let Some(json) = self.json.then(|| bulk::outbox(buf.iter().copied())).flatten() {
-            if let Err(e) = sqlx::query(bulk::INSERT_OUTBOX_JSON).bind(json).execute(&mut *self.conn).await {
-                let single = outbox_error(&e, buf[0]);
-                return Err(self.buffered_err(e, "enqueueing webhook messages", single));
-            }
             return Ok(());
         }
         let mut rest = &buf[..];
@@ -1123,7 +1048,7 @@ fn outbox_error(e: &sqlx::Error, o: &OutboxRow) -> StoreError {
 }
 
 /// Audit drafts must describe the injection they are stored with.
-fn check_drafts(id: Uuid, ids: Option<(Uuid, Uuid)>, drafts: &[AuditDraft]) -> Result<(), StoreError> {
+pub(super) fn check_drafts(id: Uuid, ids: Option<(Uuid, Uuid)>, drafts: &[AuditDraft]) -> Result<(), StoreError> {
     for d in drafts {
         if d.injection_id != id {
             return Err(StoreError::Invalid(format!(
@@ -1145,7 +1070,7 @@ fn check_drafts(id: Uuid, ids: Option<(Uuid, Uuid)>, drafts: &[AuditDraft]) -> R
     Ok(())
 }
 
-fn check_outbox(id: Uuid, rows: &[OutboxRow]) -> Result<(), StoreError> {
+pub(super) fn check_outbox(id: Uuid, rows: &[OutboxRow]) -> Result<(), StoreError> {
     match rows.iter().find(|o| o.injection_id != id) {
         Some(o) => Err(StoreError::Invalid(format!(
             "webhook message {} names injection {}, but it is stored with injection {id}",

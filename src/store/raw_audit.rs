@@ -15,6 +15,7 @@ use std::ptr::NonNull;
 
 use libsqlite3_sys as ffi;
 use sqlx::sqlite::SqlitePool;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{db_err, StoreError};
@@ -23,6 +24,9 @@ use crate::audit::{AuditRecord, AuditTime, Digest};
 const SELECT: &CStr = c"SELECT seq, audit_id, timestamp, conversation_id, prompt_id, injection_id, status, \
     latency_ms, error, actor, reason, compliance_tag, retention_policy, prev_hash, hash FROM audit_records \
     WHERE seq >= ?1 ORDER BY seq LIMIT ?2";
+
+/// Batches read ahead of the consumer (besides the one being filled and the one it holds).
+const READ_AHEAD: usize = 1;
 
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
@@ -38,6 +42,75 @@ pub(super) async fn audit_batch(pool: &SqlitePool, from: i64, limit: u32) -> Res
     })
     .await
     .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))?
+}
+
+/// Every record with `seq >= from`, in batches of `batch`, read by ONE blocking thread that
+/// holds a pooled connection and steps ONE statement for the whole stream (one snapshot),
+/// handing each full batch over a channel: reading the next batch overlaps the consumer's
+/// work on this one, with no per-batch connection, lock, prepare or thread hand-off. The
+/// thread stops at the end, on an error (sent as the last item), or when the receiver is
+/// dropped.
+pub(super) fn audit_stream(
+    pool: &SqlitePool,
+    from: i64,
+    batch: u32,
+) -> mpsc::Receiver<Result<Vec<AuditRecord>, StoreError>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut conn = match pool.acquire().await.map_err(db_err("reading audit records")) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let reader = tokio::task::spawn_blocking(move || {
+            let locked = futures::executor::block_on(conn.lock_handle()).map_err(db_err("reading audit records"));
+            let result = locked.and_then(|mut handle| {
+                stream_rows(handle.as_raw_handle(), from, batch, &mut |records| tx.blocking_send(Ok(records)).is_ok())
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        // The blocking thread reports its own errors; a panic there ends the stream early,
+        // which the consumer sees as a short chain and reports.
+        let _ = reader.await;
+    });
+    rx
+}
+
+/// Steps the whole range, calling `emit` with each full batch and the last partial one;
+/// stops early when `emit` returns false (the consumer went away).
+fn stream_rows(
+    db: NonNull<ffi::sqlite3>,
+    from: i64,
+    batch: u32,
+    emit: &mut dyn FnMut(Vec<AuditRecord>) -> bool,
+) -> Result<(), StoreError> {
+    let db = db.as_ptr();
+    let stmt = prepare(db, from, i64::MAX)?;
+    let cap = batch.clamp(1, 65_536) as usize;
+    let mut out = Vec::with_capacity(cap);
+    loop {
+        // SAFETY: a live statement, stepped on the thread holding the connection.
+        match unsafe { ffi::sqlite3_step(stmt.0) } {
+            ffi::SQLITE_ROW => {
+                out.push(decode(&Row(stmt.0))?);
+                if out.len() == batch as usize && !emit(std::mem::replace(&mut out, Vec::with_capacity(cap))) {
+                    return Ok(());
+                }
+            }
+            ffi::SQLITE_DONE => {
+                if !out.is_empty() {
+                    emit(out);
+                }
+                return Ok(());
+            }
+            rc => return Err(sqlite_error(db, rc)),
+        }
+    }
 }
 
 /// The statement, finalized when dropped.
@@ -58,6 +131,20 @@ fn sqlite_error(db: *mut ffi::sqlite3, code: c_int) -> StoreError {
 
 fn read(db: NonNull<ffi::sqlite3>, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
     let db = db.as_ptr();
+    let stmt = prepare(db, from, i64::from(limit))?;
+    let mut out = Vec::with_capacity(limit.min(65_536) as usize);
+    loop {
+        // SAFETY: a live statement, stepped on the thread holding the connection.
+        match unsafe { ffi::sqlite3_step(stmt.0) } {
+            ffi::SQLITE_ROW => out.push(decode(&Row(stmt.0))?),
+            ffi::SQLITE_DONE => return Ok(out),
+            rc => return Err(sqlite_error(db, rc)),
+        }
+    }
+}
+
+/// The SELECT with its two parameters bound.
+fn prepare(db: *mut ffi::sqlite3, from: i64, limit: i64) -> Result<Stmt, StoreError> {
     let mut raw = std::ptr::null_mut();
     // SAFETY: `db` is open and ours while the lock is held; SELECT is NUL-terminated.
     let rc = unsafe { ffi::sqlite3_prepare_v2(db, SELECT.as_ptr(), -1, &mut raw, std::ptr::null_mut()) };
@@ -68,17 +155,9 @@ fn read(db: NonNull<ffi::sqlite3>, from: i64, limit: u32) -> Result<Vec<AuditRec
     // SAFETY: a live statement with two parameters.
     unsafe {
         ffi::sqlite3_bind_int64(stmt.0, 1, from);
-        ffi::sqlite3_bind_int64(stmt.0, 2, i64::from(limit));
+        ffi::sqlite3_bind_int64(stmt.0, 2, limit);
     }
-    let mut out = Vec::with_capacity(limit.min(65_536) as usize);
-    loop {
-        // SAFETY: a live statement, stepped on the thread holding the connection.
-        match unsafe { ffi::sqlite3_step(stmt.0) } {
-            ffi::SQLITE_ROW => out.push(decode(&Row(stmt.0))?),
-            ffi::SQLITE_DONE => return Ok(out),
-            rc => return Err(sqlite_error(db, rc)),
-        }
-    }
+    Ok(stmt)
 }
 
 /// The current row of a stepped statement.

@@ -465,40 +465,29 @@ impl super::Store {
         super::raw_audit::audit_batch(self.pool(), to_i64(from_seq, "seq")?, limit).await
     }
 
-    /// The audit chain from `from_seq` on, as batches of up to `batch` records, for
-    /// verification and export in constant memory. Each batch is its own read, so records
-    /// appended meanwhile are included. The next batch is read (on a blocking thread, off
-    /// SQLite's C API) while the caller works on the current one, so verifying and reading
-    /// overlap; at most two batches are in memory.
+    /// The audit chain from `from_seq` on, as batches of `batch` records (the last one
+    /// shorter), for verification and export in constant memory. One read transaction: the
+    /// chain as it was when the stream started. A blocking thread reads the next batch off
+    /// SQLite's C API while the caller works on the current one, so verifying and reading run
+    /// on two cores; at most three batches are in memory.
     pub fn audit_stream(
         &self,
         from_seq: u64,
         batch: u32,
     ) -> impl Stream<Item = Result<Vec<AuditRecord>, StoreError>> + Send + 'static {
-        type Pending = tokio::task::JoinHandle<Result<Vec<AuditRecord>, StoreError>>;
-        let pool = self.pool().clone();
-        let batch = batch.max(1);
-        let fetch = move |from: u64| -> Result<Pending, StoreError> {
-            let (pool, from) = (pool.clone(), to_i64(from, "seq")?);
-            Ok(tokio::spawn(async move { super::raw_audit::audit_batch(&pool, from, batch).await }))
+        let start = to_i64(from_seq, "seq");
+        let mut rx = match start {
+            Ok(from) => Some(super::raw_audit::audit_stream(self.pool(), from, batch.max(1))),
+            Err(_) => None,
         };
-        let first = fetch(from_seq);
-        futures::stream::try_unfold(Some(first), move |next: Option<Result<Pending, StoreError>>| {
-            let fetch = fetch.clone();
-            async move {
-                let Some(pending) = next else { return Ok(None) };
-                let records = pending?
-                    .await
-                    .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))??;
-                if records.is_empty() {
-                    return Ok(None);
-                }
-                let after = records.last().and_then(|r| r.seq.checked_add(1));
-                let next = match after {
-                    Some(after) if records.len() == batch as usize => Some(fetch(after)),
-                    _ => None,
-                };
-                Ok(Some((records, next)))
+        let mut start_err = start.err();
+        futures::stream::poll_fn(move |cx| {
+            if let Some(e) = start_err.take() {
+                return std::task::Poll::Ready(Some(Err(e)));
+            }
+            match rx.as_mut() {
+                Some(rx) => rx.poll_recv(cx),
+                None => std::task::Poll::Ready(None),
             }
         })
     }

@@ -162,12 +162,22 @@ impl Delta {
         }
         d
     }
+
+    /// Each cell's increments: (dimension, bucket, key, counts).
+    pub fn cells(&self) -> impl Iterator<Item = (RollupDim, i64, &str, &RollupCounts)> {
+        self.cells.iter().map(|((dim, bucket, key), c)| (*dim, *bucket, key.as_str(), c))
+    }
+
+    /// Each click-time slot's increment: (dimension, bucket, key, slot, n).
+    pub fn clicks(&self) -> impl Iterator<Item = (RollupDim, i64, &str, u16, u64)> {
+        self.clicks.iter().map(|(((dim, bucket, key), slot), n)| (*dim, *bucket, key.as_str(), *slot, *n))
+    }
 }
 
 /// Rows per upsert statement (12 binds each, well under SQLite's bound-parameter limit).
 const CHUNK: usize = 64;
 
-const UPSERT_CELLS: (&str, &str) = (
+pub(super) const UPSERT_CELLS: (&str, &str) = (
     "INSERT INTO engagement_rollup (dim, bucket, key, shown, viewed, clicked, dismissed, expired, feedback, \
      quick_dismissed, feedback_up, feedback_down) VALUES ",
     " ON CONFLICT (dim, key, bucket) DO UPDATE SET shown = shown + excluded.shown, \
@@ -177,7 +187,7 @@ const UPSERT_CELLS: (&str, &str) = (
      feedback_up = feedback_up + excluded.feedback_up, feedback_down = feedback_down + excluded.feedback_down",
 );
 
-const UPSERT_CLICKS: (&str, &str) = (
+pub(super) const UPSERT_CLICKS: (&str, &str) = (
     "INSERT INTO engagement_rollup_clicks (dim, bucket, key, slot, n) VALUES ",
     " ON CONFLICT (dim, key, slot, bucket) DO UPDATE SET n = n + excluded.n",
 );

@@ -1,4 +1,4 @@
-//! The group-commit writer: one task owns the only writing connection and the audit chain
+//! The group-commit writer: one thread owns the only writing connection and the audit chain
 //! head. It drains whatever batches are queued (up to a cap), applies them all in ONE
 //! transaction, commits (one fsync with `synchronous=FULL`), and only then answers each
 //! caller. That is how "nothing is acknowledged before it is durable" stays cheap: the fsync
@@ -17,12 +17,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::executor::block_on;
 use rand::rngs::StdRng;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
+use super::native::{self, Stmts};
 use super::ops::{to_i64, BatchOutcome, TxCtx, WriteBatch};
 use super::{db_err, read, StoreError};
 use crate::audit::{AuditTime, Chain, Digest};
@@ -77,6 +79,9 @@ impl Counters {
 }
 
 pub(super) struct Writer {
+    /// The native path's prepared statements: declared first so that, should the writer be
+    /// dropped without closing, they are finalized before the connection goes.
+    pub stmts: Stmts,
     pub conn: SqliteConnection,
     pub chain: Chain,
     /// Epoch ms of the last committed record: record times never go back, so every UTC day
@@ -88,8 +93,6 @@ pub(super) struct Writer {
     pub rng: StdRng,
     pub counters: Arc<Counters>,
     pub max_drain: usize,
-    /// Bulk rows as JSON (see `StoreOptions::bulk_json`).
-    pub bulk_json: bool,
 }
 
 /// How a pass over the batches ended.
@@ -101,10 +104,12 @@ enum Pass {
 }
 
 impl Writer {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    /// The writer's loop, on its own thread: waits for batches, drains what is queued, and
+    /// commits it. Returns when the channel is closed and drained.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut jobs: Vec<(WriteBatch, Reply)> = Vec::with_capacity(self.max_drain);
         let mut closing: Option<oneshot::Sender<()>> = None;
-        while let Some(msg) = rx.recv().await {
+        while let Some(msg) = rx.blocking_recv() {
             match msg {
                 Msg::Write(b, r) => jobs.push((b, r)),
                 Msg::Close(done) => {
@@ -122,14 +127,83 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !jobs.is_empty() {
-                self.commit(&mut jobs).await;
+            if jobs.is_empty() {
+                continue;
+            }
+            if jobs.iter().all(|(b, _)| native::supports(b)) {
+                self.commit_native(&mut jobs);
+            } else {
+                // The rare operations (purges, checkpoints, the catalogue, ...) go through sqlx;
+                // its futures are driven here, on the writer's own thread.
+                block_on(self.commit(&mut jobs));
             }
         }
         // The channel is closed and drained: every store handle is gone or close() was called.
-        let _ = self.conn.close().await;
+        // The cached statements go first: SQLite refuses to close a connection that has some.
+        match block_on(self.conn.lock_handle()) {
+            Ok(_locked) => self.stmts.finalize(),
+            Err(e) => tracing::warn!(error = %e, "the store writer could not lock its connection to close it"),
+        }
+        let _ = block_on(self.conn.close());
         if let Some(done) = closing {
             let _ = done.send(());
+        }
+    }
+
+    /// One native transaction (see `native`) for every queued batch; answers each caller.
+    fn commit_native(&mut self, jobs: &mut Vec<(WriteBatch, Reply)>) {
+        let answers = match self.transaction_native(jobs) {
+            Ok(answers) => answers,
+            Err(e) => {
+                self.head_stale = true;
+                if block_on(self.reload_head()).is_ok() {
+                    self.head_stale = false;
+                }
+                self.counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+                jobs.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        self.answer(jobs, answers);
+    }
+
+    fn transaction_native(
+        &mut self,
+        jobs: &[(WriteBatch, Reply)],
+    ) -> Result<Vec<Result<BatchOutcome, StoreError>>, StoreError> {
+        if self.head_stale {
+            block_on(self.reload_head())?;
+            self.head_stale = false;
+        }
+        let now = self.clock.now_ms().max(self.last_at);
+        let at = AuditTime::from_unix_millis(now)?;
+        let start = self.chain.last_seq();
+        // One message to sqlx's thread per transaction; every statement after it runs here.
+        let mut locked = block_on(self.conn.lock_handle()).map_err(db_err("locking the writer's connection"))?;
+        let mut tx = native::Tx::new(locked.as_raw_handle(), &mut self.stmts, &mut self.chain, &mut self.rng, at);
+        let (answers, replayed) = tx.run(jobs.iter().map(|(b, _)| b), now)?;
+        drop(tx);
+        drop(locked);
+        if replayed {
+            self.counters.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        let appended = self.chain.last_seq() - start;
+        if appended > 0 {
+            self.last_at = now;
+        }
+        let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        self.counters.batches.fetch_add(ok, Ordering::Relaxed);
+        self.counters.records.fetch_add(appended, Ordering::Relaxed);
+        Ok(answers)
+    }
+
+    fn answer(&self, jobs: &mut Vec<(WriteBatch, Reply)>, answers: Vec<Result<BatchOutcome, StoreError>>) {
+        for ((_, reply), answer) in jobs.drain(..).zip(answers) {
+            if answer.is_err() {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            // A caller that stopped waiting still had its batch committed (or not) as answered.
+            let _ = reply.send(answer);
         }
     }
 
@@ -147,13 +221,7 @@ impl Writer {
                 jobs.iter().map(|_| Err(e.clone())).collect()
             }
         };
-        for ((_, reply), answer) in jobs.drain(..).zip(answers) {
-            if answer.is_err() {
-                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-            }
-            // A caller that stopped waiting still had its batch committed (or not) as answered.
-            let _ = reply.send(answer);
-        }
+        self.answer(jobs, answers);
     }
 
     async fn transaction(
@@ -208,7 +276,6 @@ impl Writer {
         savepoints: bool,
     ) -> Result<Pass, StoreError> {
         let mut ctx = TxCtx::new(&mut self.conn, &mut self.chain, &mut self.rng, at, now, !savepoints);
-        ctx.json = self.bulk_json;
         // Per batch: its records' count and the operations' row counts, or its error.
         let mut outcomes: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::with_capacity(jobs.len());
         for (batch, _) in jobs {

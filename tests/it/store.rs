@@ -507,7 +507,7 @@ async fn a_failed_transaction_answers_everyone_and_the_chain_stays_whole() {
     let results = futures::future::join_all(rows.iter().map(|r| store.write(insert(r, vec![])))).await;
     for res in &results {
         let err = res.as_ref().expect_err("nothing can commit while the lock is held");
-        assert!(matches!(err, StoreError::Database { .. }) && err.is_retryable(), "{err}");
+        assert!(matches!(err, StoreError::Database { .. } | StoreError::Sqlite { .. }) && err.is_retryable(), "{err}");
     }
     assert!(store.stats().failed_transactions >= 1);
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
@@ -529,6 +529,132 @@ async fn a_failed_transaction_answers_everyone_and_the_chain_stays_whole() {
     assert!(upd.unwrap_err().to_string().contains("append-only"));
     let del = sqlx::query("DELETE FROM audit_records WHERE seq = 1").execute(&mut other).await;
     assert!(del.unwrap_err().to_string().contains("retention purge"));
+    store.close().await.unwrap();
+}
+
+/// Queues `rows` as one drain behind a transaction that waits for another connection's lock,
+/// so they share ONE transaction; returns each write's answer.
+async fn one_drain(
+    store: &Store,
+    path: &Path,
+    rows: &[InjectionRow],
+    extra: impl Fn(&InjectionRow) -> WriteOp,
+) -> Vec<Result<Vec<AuditRecord>, StoreError>> {
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new().filename(path).connect().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    // The writer takes this one alone and waits in BEGIN for the lock...
+    let blocker = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+    let first = tokio::spawn({
+        let store = store.clone();
+        let op = insert(&blocker, vec![]);
+        async move { store.write(op).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...while these queue up behind it.
+    let writes: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let store = store.clone();
+            let op = extra(r);
+            tokio::spawn(async move { store.write(op).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    first.await.unwrap().unwrap();
+    let mut out = Vec::new();
+    for w in writes {
+        out.push(w.await.unwrap());
+    }
+    out
+}
+
+/// Failures in the middle of a native group commit: a statement refused by a constraint fails
+/// its batch alone (replayed with savepoints when the batch had written already, so its
+/// earlier rows are undone too); a failure that ends SQLite's transaction (a trigger's
+/// `RAISE(ROLLBACK)`) fails every batch of the drain, commits nothing, and the chain carries
+/// on gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_failures_mid_transaction_roll_back_and_are_reported_to_every_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&path, opts(&clock)).await.unwrap();
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    for (name, action) in [("refuse", "ABORT"), ("end", "ROLLBACK")] {
+        sqlx::query(&format!(
+            "CREATE TRIGGER test_{name} BEFORE INSERT ON injections WHEN NEW.last_error = '{name}' \
+             BEGIN SELECT RAISE({action}, 'test trigger: {name}'); END"
+        ))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    }
+    drop(other);
+
+    // 1. One refused batch among 20, after it stored its idempotency answer: it alone fails.
+    let rows: Vec<InjectionRow> = (0..20)
+        .map(|i| {
+            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+            r.last_error = (i == 7).then(|| "refuse".to_owned());
+            r
+        })
+        .collect();
+    let replays = store.stats().replays;
+    let with_key = |r: &InjectionRow| WriteOp::InsertInjection {
+        row: Box::new(r.clone()),
+        audit: vec![draft(r, "accepted")],
+        outbox: vec![],
+        idempotency: Some(IdempotencyRow {
+            api_key_id: "crm".into(),
+            key: format!("k-{}", r.id),
+            request_hash: "h".into(),
+            status_code: 201,
+            response_body: b"{}".to_vec().into(),
+            injection_id: Some(r.id),
+            created_at: T0,
+        }),
+    };
+    let answers = one_drain(&store, &path, &rows, with_key).await;
+    for (i, (r, a)) in rows.iter().zip(&answers).enumerate() {
+        let stored = store.get_injection(r.id).await.unwrap();
+        let key = store.idempotency_get("crm", &format!("k-{}", r.id), T0).await.unwrap();
+        if i == 7 {
+            let err = a.as_ref().expect_err("the refused batch fails");
+            assert!(matches!(err, StoreError::Invalid(m) if m.contains("test trigger: refuse")), "{err}");
+            assert!(stored.is_none() && key.is_none(), "the refused batch's rows are undone");
+        } else {
+            assert_eq!(a.as_ref().unwrap().len(), 1, "batch {i}");
+            assert!(stored.is_some() && key.is_some(), "batch {i} is stored");
+        }
+    }
+    assert!(store.stats().replays > replays, "the drain was replayed with savepoints");
+
+    // 2. A batch whose failure ends the transaction: every waiter of the drain gets the error.
+    let rows: Vec<InjectionRow> = (0..20)
+        .map(|i| {
+            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+            r.last_error = (i == 11).then(|| "end".to_owned());
+            r
+        })
+        .collect();
+    let failed = store.stats().failed_transactions;
+    let answers = one_drain(&store, &path, &rows, |r| insert(r, vec![])).await;
+    for (r, a) in rows.iter().zip(&answers) {
+        let err = a.as_ref().expect_err("nothing of the drain commits");
+        assert!(err.to_string().contains("test trigger: end"), "{err}");
+        assert!(store.get_injection(r.id).await.unwrap().is_none());
+    }
+    assert_eq!(store.stats().failed_transactions, failed + 1);
+
+    // The chain carries on from the last committed record, gap-free, and verifies.
+    let before = store.audit_head().await.unwrap().last_seq;
+    let r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+    let recs = store.write(insert(&r, vec![])).await.unwrap();
+    assert_eq!(recs[0].seq, before + 1);
+    let records = all_records(&store).await;
+    assert_eq!(records.len() as u64, before + 1);
+    assert_valid(&records, None, &[], &[]);
     store.close().await.unwrap();
 }
 
@@ -749,27 +875,28 @@ async fn throughput() {
     store.close().await.unwrap();
 }
 
-/// The bulk path carries rows as JSON; texts with quotes, controls, non-ASCII and NUL (which
-/// SQLite's JSON reader would cut short, so those rows go bound) must read back byte for
-/// byte, and the chain sealed over them must verify, whichever path each group took.
+/// Texts with quotes, controls, non-ASCII and NUL, and blobs with NUL, must read back byte
+/// for byte, and the chain sealed over them must verify: through the writer's native path
+/// (SQLite's C API, parameters bound in place)...
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awkward_texts_read_back_exactly_from_bulk_writes() {
-    awkward_texts(true).await;
-}
-
-/// The same with the store writing rows as multi-row `VALUES` statements.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awkward_texts_read_back_exactly_from_values_writes() {
+async fn awkward_texts_read_back_exactly_from_native_writes() {
     awkward_texts(false).await;
 }
 
-async fn awkward_texts(bulk_json: bool) {
+/// ...and through the sqlx path, which a drain takes when a batch holds an operation without
+/// a native form (here `PurgeIdempotency`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_texts_read_back_exactly_from_sqlx_writes() {
+    awkward_texts(true).await;
+}
+
+async fn awkward_texts(via_sqlx: bool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let store = Store::open(&dir.path().join("store.db"), StoreOptions { bulk_json, ..opts(&clock) }).await.unwrap();
+    let store = Store::open(&dir.path().join("store.db"), opts(&clock)).await.unwrap();
     let texts = ["plain", "quote \" back\\slash", "tab\tline\nfeed\u{1}", "é 😀 \u{7f}", "nul\0inside"];
     let mut rows = Vec::new();
-    // First groups without a NUL (all JSON), then groups with one (bound where needed).
+    // First groups without a NUL, then groups with one.
     for phase in [&texts[..4], &texts[..]] {
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -789,8 +916,12 @@ async fn awkward_texts(bulk_json: bool) {
                 idempotency: None,
             };
             rows.push((r, text, hook));
+            let mut batch = WriteBatch::from(op);
+            if via_sqlx {
+                batch.push(WriteOp::PurgeIdempotency);
+            }
             let store = store.clone();
-            tasks.push(tokio::spawn(async move { store.write(op).await }));
+            tasks.push(tokio::spawn(async move { store.write(batch).await }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
