@@ -15,9 +15,8 @@ use std::sync::OnceLock;
 
 use divan::{black_box, Bencher};
 use gc_assist::adoption::{self, metrics, AdoptionQuery, GroupBy};
-use gc_assist::store::{rollup, EngagementKind, EngagementRow, Store, StoreOptions};
-use sqlx::ConnectOptions;
-use sqlx::Connection;
+use gc_assist::store::synthetic::{self, EngagementWriter, SyntheticEngagements};
+use gc_assist::store::{EngagementKind, EngagementRow, Store, StoreOptions};
 use uuid::Uuid;
 
 /// 2026-03-01T00:00:00Z; events spread over 30 days from here.
@@ -47,7 +46,8 @@ fn rows() -> i64 {
 
 /// Shown, then (by a hash of the injection) viewed / clicked / dismissed / expired, three
 /// rows per injection on average; 50 prompts, 200 agents (missing on a fifth of the rows),
-/// 12 queues, 20 rules. Built in one SQL statement: seeding is not what is measured.
+/// 12 queues, 20 rules ([`synthetic::seed_engagements`]: one SQL statement, then the
+/// rollup rebuilt from the events); seeding is not what is measured.
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -55,33 +55,13 @@ fn fixture() -> &'static Fixture {
         let path = dir.join("adoption.db");
         let n = rows();
         let store = rt.block_on(async {
-            // The store makes the schema; a plain connection fills it fast.
-            Store::open(&path, StoreOptions::default()).await.unwrap().close().await.unwrap();
-            let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
             let started = std::time::Instant::now();
-            let sql = format!(
-                "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {last}), \
-                 r AS (SELECT i, i / 3 AS inj, i % 3 AS step, (i / 3) * 2654435761 % 1000003 AS h FROM s) \
-                 INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, \
-                   kind, at, shown_at, rating) \
-                 SELECT printf('00000000-0000-4000-8000-%012d', inj), printf('00000000-0000-4000-9000-%012d', inj / 4), \
-                   printf('00000000-0000-4000-a000-%012d', h % 50), CASE WHEN h % 3 = 0 THEN NULL ELSE 'rule-' || (h % 20) END, \
-                   'queue-' || (h % 12), CASE WHEN (h + step) % 5 = 0 THEN NULL ELSE 'agent-' || (h % 200) END, \
-                   CASE step WHEN 0 THEN 'shown' WHEN 1 THEN 'viewed' \
-                     ELSE CASE h % 4 WHEN 0 THEN 'clicked' WHEN 1 THEN 'dismissed' WHEN 2 THEN 'expired' ELSE 'feedback' END END, \
-                   {T0} + inj * 3 * {SPAN_MS} / {n} + CASE step WHEN 0 THEN 0 WHEN 1 THEN 1000 ELSE 500 + (h % 9000) END, \
-                   {T0} + inj * 3 * {SPAN_MS} / {n}, CASE WHEN step = 2 AND h % 4 = 3 THEN CASE WHEN h % 2 = 0 THEN 1 ELSE -1 END END \
-                 FROM r",
-                last = n - 1
+            let spec = SyntheticEngagements { events: n, start_ms: T0, span_ms: SPAN_MS };
+            let cells = synthetic::seed_engagements(&path, spec).await.unwrap();
+            eprintln!(
+                "seeded {n} engagement events and rebuilt the rollup ({cells} rows) in {:.1} s",
+                started.elapsed().as_secs_f64()
             );
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
-            sqlx::query("PRAGMA synchronous = OFF").execute(&mut conn).await.unwrap();
-            sqlx::query(&sql).execute(&mut conn).await.unwrap();
-            conn.close().await.unwrap();
-            eprintln!("seeded {n} engagement events in {:.1} s", started.elapsed().as_secs_f64());
-            let started = std::time::Instant::now();
-            let cells = rollup::rebuild(&path).await.unwrap();
-            eprintln!("built the rollup ({cells} rows) in {:.1} s", started.elapsed().as_secs_f64());
             Store::open(&path, StoreOptions::default()).await.unwrap()
         });
         Fixture { rt, store, dir, rows: n }
@@ -233,43 +213,11 @@ fn writer_cost(b: Bencher, case: &str) {
     let n: usize = if case.starts_with("100") { 100 } else { 1 };
     let with_rollup = case.ends_with("with rollup");
     let path = f.dir.join(format!("writer-{}.db", case.replace([' ', ','], "-")));
-    let mut conn = f.rt.block_on(async {
-        Store::open(&path, StoreOptions::default()).await.unwrap().close().await.unwrap();
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
-        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut conn).await.unwrap();
-        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut conn).await.unwrap();
-        conn
-    });
+    let mut writer = f.rt.block_on(EngagementWriter::open(&path)).unwrap();
     let mut next = 0i64;
-    let sql = format!(
-        "INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, kind,          at, shown_at, rating) VALUES {}",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ")
-    );
     b.bench_local(|| {
         let rows = writer_rows(n, next);
         next += n as i64;
-        f.rt.block_on(async {
-            let mut tx = conn.begin().await.unwrap();
-            if with_rollup {
-                let refs: Vec<&EngagementRow> = rows.iter().collect();
-                rollup::add_events(&mut tx, &refs).await.unwrap();
-            }
-            let mut q = sqlx::query(&sql);
-            for e in &rows {
-                q = q
-                    .bind(e.injection_id.hyphenated())
-                    .bind(e.conversation_id.hyphenated())
-                    .bind(e.prompt_id.hyphenated())
-                    .bind(e.rule_id.as_deref())
-                    .bind(e.queue_id.as_deref())
-                    .bind(e.agent_id.as_deref())
-                    .bind(e.kind.as_str())
-                    .bind(e.at)
-                    .bind(e.shown_at)
-                    .bind(e.rating.map(i64::from));
-            }
-            q.execute(&mut *tx).await.unwrap();
-            tx.commit().await.unwrap();
-        });
+        f.rt.block_on(writer.commit(&rows, with_rollup)).unwrap();
     });
 }

@@ -42,6 +42,7 @@ mod ops;
 mod raw_audit;
 mod read;
 pub mod rollup;
+pub mod synthetic;
 mod writer;
 
 use std::fmt;
