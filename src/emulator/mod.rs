@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, head, patch, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -190,6 +191,10 @@ async fn run(
 ) -> Result<(), EmulatorError> {
     let app = router(state.clone());
     let stopping = state.clone();
+    // Notifications are small websocket frames: without TCP_NODELAY, Nagle's algorithm holds
+    // one back until the client's delayed ACK (about 40 ms on Linux), which is how the
+    // trigger-to-panel tail was found (see BENCHMARKS.md).
+    let listener = listener.tap_io(crate::server::no_delay);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;

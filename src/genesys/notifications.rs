@@ -604,7 +604,8 @@ enum ConnectError {
 
 async fn connect(uri: &str) -> Result<Socket, ConnectError> {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    match tokio_tungstenite::connect_async(uri).await {
+    // disable_nagle: pings and acknowledgements are small frames (see the emulator's note).
+    match tokio_tungstenite::connect_async_with_config(uri, None, true).await {
         Ok((socket, _)) => Ok(socket),
         Err(WsError::Http(resp)) if resp.status().as_u16() == 404 => Err(ConnectError::Gone),
         Err(WsError::Http(resp)) => Err(ConnectError::Other(format!("HTTP {}", resp.status()))),

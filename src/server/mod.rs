@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -142,6 +143,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Sets TCP_NODELAY on an accepted connection (for `ListenerExt::tap_io`): every server of
+/// ours writes small latency-sensitive messages. A failure only costs latency, so it is traced.
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+    }
+}
+
 /// Serves until `shutdown` completes, then drains: panel streams end, in-flight requests
 /// finish, the service's timer stops.
 pub async fn serve(
@@ -157,7 +166,9 @@ pub async fn serve(
         // Long-lived SSE responses would hold the drain open; tell them to end.
         let _ = st.inner.stop.send(true);
     };
-    axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+    // Panel and admin streams write small SSE events; Nagle's algorithm would hold one back
+    // until the reader's delayed ACK (about 40 ms on Linux).
+    axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(signal).await?;
     state.inner.service.shutdown();
     state.inner.service.drained().await;
     Ok(())
