@@ -35,7 +35,7 @@ use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow};
-use super::ops::{check_drafts, check_outbox, to_i64, BatchOutcome, WriteBatch, WriteOp};
+use super::ops::{check_drafts, check_outbox, prepare_insert, to_i64, BatchOutcome, WriteBatch, WriteOp};
 use super::rollup::{Delta, UPSERT_CELLS, UPSERT_CLICKS};
 use super::{StoreError, IDEMPOTENCY_TTL_MS};
 use crate::audit::{AuditDraft, AuditRecord, AuditTime, Chain};
@@ -606,25 +606,7 @@ impl<'w> Tx<'w> {
         outbox: &[OutboxRow],
         idempotency: Option<&IdempotencyRow>,
     ) -> Result<u64, StoreError> {
-        if row.conversation_id != row.payload.conversation_id() || row.prompt_id != row.payload.prompt_id() {
-            return Err(StoreError::Invalid(format!(
-                "injection {}: conversation_id and prompt_id must be the payload's",
-                row.id
-            )));
-        }
-        check_drafts(row.id, Some((row.conversation_id, row.prompt_id)), audit)?;
-        check_outbox(row.id, outbox)?;
-        if let Some(idem) = idempotency {
-            if idem.injection_id.is_some_and(|i| i != row.id) {
-                return Err(StoreError::Invalid(format!(
-                    "the idempotency answer names injection {:?}, not {}",
-                    idem.injection_id, row.id
-                )));
-            }
-        }
-        let payload = serde_json::to_string(&row.payload.to_json())
-            .map_err(|e| StoreError::Invalid(format!("payload of injection {} does not serialize: {e}", row.id)))?;
-        let content = row.content.to_json().to_string();
+        let (payload, content) = prepare_insert(row, audit, outbox, idempotency)?;
         if let Some(idem) = idempotency {
             self.put_idempotency(idem)?;
         }

@@ -206,6 +206,33 @@ fn placeholders(cols: usize, rows: usize) -> String {
     vec![one; rows].join(", ")
 }
 
+/// Inserts engagement events with multi-row statements, chunked under SQLite's parameter
+/// limit (the writer's path, and [`super::synthetic`]'s for benchmarks).
+pub(super) async fn insert_engagements(conn: &mut SqliteConnection, rows: &[&EngagementRow]) -> Result<(), StoreError> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        rest = tail;
+        let sql = format!("{INSERT_ENGAGEMENTS}{}", placeholders(ENGAGEMENT_COLS, chunk.len()));
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(e.injection_id.hyphenated())
+                .bind(e.conversation_id.hyphenated())
+                .bind(e.prompt_id.hyphenated())
+                .bind(e.rule_id.as_deref())
+                .bind(e.queue_id.as_deref())
+                .bind(e.agent_id.as_deref())
+                .bind(e.kind.as_str())
+                .bind(e.at)
+                .bind(e.shown_at)
+                .bind(e.rating.map(i64::from));
+        }
+        q.execute(&mut *conn).await.map_err(db_err("inserting engagement events"))?;
+    }
+    Ok(())
+}
+
 // An existing key is taken over only once its answer is older than the 24 h window.
 const UPSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, \
      response_body, injection_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -398,25 +425,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
         outbox: &'j [OutboxRow],
         idempotency: Option<&IdempotencyRow>,
     ) -> Result<u64, StoreError> {
-        if row.conversation_id != row.payload.conversation_id() || row.prompt_id != row.payload.prompt_id() {
-            return Err(StoreError::Invalid(format!(
-                "injection {}: conversation_id and prompt_id must be the payload's",
-                row.id
-            )));
-        }
-        check_drafts(row.id, Some((row.conversation_id, row.prompt_id)), audit)?;
-        check_outbox(row.id, outbox)?;
-        if let Some(idem) = idempotency {
-            if idem.injection_id.is_some_and(|i| i != row.id) {
-                return Err(StoreError::Invalid(format!(
-                    "the idempotency answer names injection {:?}, not {}",
-                    idem.injection_id, row.id
-                )));
-            }
-        }
-        let payload = serde_json::to_string(&row.payload.to_json())
-            .map_err(|e| StoreError::Invalid(format!("payload of injection {} does not serialize: {e}", row.id)))?;
-        let content = row.content.to_json().to_string();
+        let (payload, content) = prepare_insert(row, audit, outbox, idempotency)?;
         if let Some(idem) = idempotency {
             self.put_idempotency(idem).await?;
         }
@@ -514,31 +523,7 @@ impl<'c, 'j> TxCtx<'c, 'j> {
 
     async fn flush_engagements(&mut self) -> Result<(), StoreError> {
         let buf = std::mem::take(&mut self.engagements);
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let mut rest = &buf[..];
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
-            rest = tail;
-            let sql = format!("{INSERT_ENGAGEMENTS}{}", placeholders(ENGAGEMENT_COLS, chunk.len()));
-            let mut q = sqlx::query(&sql);
-            for e in chunk {
-                q = q
-                    .bind(e.injection_id.hyphenated())
-                    .bind(e.conversation_id.hyphenated())
-                    .bind(e.prompt_id.hyphenated())
-                    .bind(e.rule_id.as_deref())
-                    .bind(e.queue_id.as_deref())
-                    .bind(e.agent_id.as_deref())
-                    .bind(e.kind.as_str())
-                    .bind(e.at)
-                    .bind(e.shown_at)
-                    .bind(e.rating.map(i64::from));
-            }
-            q.execute(&mut *self.conn).await.map_err(db_err("inserting engagement events"))?;
-        }
-        Ok(())
+        insert_engagements(self.conn, &buf).await
     }
 
     /// Ends the transaction: writes what is still buffered, then moves the chain head (when
@@ -1045,6 +1030,37 @@ fn outbox_error(e: &sqlx::Error, o: &OutboxRow) -> StoreError {
     } else {
         StoreError::Duplicate { what: "webhook message", id: o.id.clone() }
     }
+}
+
+/// Checks an injection insert (ids agree with the payload, its audit drafts, outbox rows and
+/// idempotency answer name it) and serializes its payload and content: shared by both write
+/// paths so they refuse exactly the same things.
+pub(super) fn prepare_insert(
+    row: &InjectionRow,
+    audit: &[AuditDraft],
+    outbox: &[OutboxRow],
+    idempotency: Option<&IdempotencyRow>,
+) -> Result<(String, String), StoreError> {
+    if row.conversation_id != row.payload.conversation_id() || row.prompt_id != row.payload.prompt_id() {
+        return Err(StoreError::Invalid(format!(
+            "injection {}: conversation_id and prompt_id must be the payload's",
+            row.id
+        )));
+    }
+    check_drafts(row.id, Some((row.conversation_id, row.prompt_id)), audit)?;
+    check_outbox(row.id, outbox)?;
+    if let Some(idem) = idempotency {
+        if idem.injection_id.is_some_and(|i| i != row.id) {
+            return Err(StoreError::Invalid(format!(
+                "the idempotency answer names injection {:?}, not {}",
+                idem.injection_id, row.id
+            )));
+        }
+    }
+    let payload = serde_json::to_string(&row.payload.to_json())
+        .map_err(|e| StoreError::Invalid(format!("payload of injection {} does not serialize: {e}", row.id)))?;
+    let content = row.content.to_json().to_string();
+    Ok((payload, content))
 }
 
 /// Audit drafts must describe the injection they are stored with.

@@ -87,30 +87,11 @@ impl EngagementWriter {
             return Ok(());
         }
         let mut tx = self.conn.begin().await.map_err(db_err("committing engagement events"))?;
+        let refs: Vec<&EngagementRow> = rows.iter().collect();
         if with_rollup {
-            let refs: Vec<&EngagementRow> = rows.iter().collect();
             rollup::add_events(&mut tx, &refs).await?;
         }
-        let sql = format!(
-            "INSERT INTO engagement_events (injection_id, conversation_id, prompt_id, rule_id, queue_id, agent_id, \
-             kind, at, shown_at, rating) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for e in rows {
-            q = q
-                .bind(e.injection_id.hyphenated())
-                .bind(e.conversation_id.hyphenated())
-                .bind(e.prompt_id.hyphenated())
-                .bind(e.rule_id.as_deref())
-                .bind(e.queue_id.as_deref())
-                .bind(e.agent_id.as_deref())
-                .bind(e.kind.as_str())
-                .bind(e.at)
-                .bind(e.shown_at)
-                .bind(e.rating.map(i64::from));
-        }
-        q.execute(&mut *tx).await.map_err(db_err("committing engagement events"))?;
+        super::ops::insert_engagements(&mut tx, &refs).await?;
         tx.commit().await.map_err(db_err("committing engagement events"))
     }
 }
