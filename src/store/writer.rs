@@ -186,7 +186,13 @@ impl Writer {
         if replayed {
             self.counters.replays.fetch_add(1, Ordering::Relaxed);
         }
-        let appended = self.chain.last_seq() - start;
+        self.committed(start, now, &answers);
+        Ok(answers)
+    }
+
+    /// Bookkeeping after a commit: the last record time and the counters.
+    fn committed(&mut self, start_seq: u64, now: i64, answers: &[Result<BatchOutcome, StoreError>]) {
+        let appended = self.chain.last_seq() - start_seq;
         if appended > 0 {
             self.last_at = now;
         }
@@ -194,7 +200,6 @@ impl Writer {
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         self.counters.batches.fetch_add(ok, Ordering::Relaxed);
         self.counters.records.fetch_add(appended, Ordering::Relaxed);
-        Ok(answers)
     }
 
     fn answer(&self, jobs: &mut Vec<(WriteBatch, Reply)>, answers: Vec<Result<BatchOutcome, StoreError>>) {
@@ -252,14 +257,7 @@ impl Writer {
             }
         };
         // `pass` committed: the head moved and COMMIT ran in its last statement.
-        let appended = self.chain.last_seq() - start.0;
-        if appended > 0 {
-            self.last_at = now;
-        }
-        let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
-        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
-        self.counters.batches.fetch_add(ok, Ordering::Relaxed);
-        self.counters.records.fetch_add(appended, Ordering::Relaxed);
+        self.committed(start.0, now, &answers);
         Ok(answers)
     }
 
