@@ -1,8 +1,8 @@
 //! The writer's group commits on SQLite's C API: one blocking call runs a whole transaction.
 //!
-//! Through sqlx every statement is a message to its SQLite thread and a wake-up back, about
-//! 100 µs each on the 2-core VM, and that hand-off, not SQLite, was the writer's ceiling
-//! (BENCHMARKS.md). Here the writer's own thread takes its connection's raw handle
+//! Through sqlx every statement is a message to its SQLite thread and a wake-up back (up to
+//! about 100 µs each on a loaded 2-core VM; BENCHMARKS.md, "Store writer on SQLite's C
+//! API", has the before/after figures). Here the writer's own thread takes its connection's raw handle
 //! (`SqliteConnection::lock_handle`: sqlx's thread keeps off it meanwhile) and runs BEGIN,
 //! every row through a CACHED prepared statement (bind, step, reset), the chain head and
 //! COMMIT without leaving the thread. A row costs a few microseconds of SQLite's own work.
