@@ -582,17 +582,22 @@ async fn store_append(dir: &Path, writers: usize) -> (Append, (u64, f64, bool, f
     (append, (verified, vsecs, report.is_valid(), records.len() as f64 / msecs))
 }
 
-/// p50 and p99 (ms) of 100 one-row autocommits into a WAL + synchronous=FULL file: the
-/// fsync every durable answer waits for, on this disk, now.
-async fn commit_latency(dir: &Path) -> (f64, f64) {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("commit.db"))
+/// A new SQLite file in WAL mode with synchronous=FULL, as the store opens its own.
+async fn wal_full(path: &Path) -> sqlx::SqliteConnection {
+    SqliteConnectOptions::new()
+        .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .connect()
         .await
-        .expect("commit sqlite");
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+/// p50 and p99 (ms) of 100 one-row autocommits into a WAL + synchronous=FULL file: the
+/// fsync every durable answer waits for, on this disk, now.
+async fn commit_latency(dir: &Path) -> (f64, f64) {
+    let mut conn = wal_full(&dir.join("commit.db")).await;
     sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)").execute(&mut conn).await.expect("create");
     let mut took = Vec::with_capacity(100);
     for _ in 0..100 {
@@ -607,14 +612,7 @@ async fn commit_latency(dir: &Path) -> (f64, f64) {
 /// The same number of rows, of similar width, inserted in ONE transaction by sqlx into a
 /// WAL + synchronous=FULL file: the cost floor of getting those rows onto disk.
 async fn raw_inserts(dir: &Path, rows: u64) -> f64 {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("raw.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .connect()
-        .await
-        .expect("raw sqlite");
+    let mut conn = wal_full(&dir.join("raw.db")).await;
     sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, k BLOB NOT NULL, v TEXT NOT NULL)")
         .execute(&mut conn)
         .await
