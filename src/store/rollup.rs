@@ -239,16 +239,22 @@ fn backfill_sql() -> &'static str {
     MIGRATION.split_once("-- backfill").map(|(_, rest)| rest).unwrap_or("")
 }
 
-/// Rebuilds the rollup of the database at `path` from its engagement events, in one
-/// transaction (what migration 0004 does on upgrade). For maintenance and benchmarks: run it
-/// while no service has the database open, or it waits for the writer. Returns the rollup rows.
-pub async fn rebuild(path: &Path) -> Result<u64, StoreError> {
-    let mut conn = SqliteConnectOptions::new()
+/// A plain connection to the database at `path` for maintenance and benchmark seeding, which
+/// run beside no service or wait for its writer (a generous busy timeout).
+pub(super) async fn maintenance_connection(path: &Path, what: &'static str) -> Result<SqliteConnection, StoreError> {
+    SqliteConnectOptions::new()
         .filename(path)
         .busy_timeout(std::time::Duration::from_secs(30))
         .connect()
         .await
-        .map_err(db_err("opening the database to rebuild the rollup"))?;
+        .map_err(db_err(what))
+}
+
+/// Rebuilds the rollup of the database at `path` from its engagement events, in one
+/// transaction (what migration 0004 does on upgrade). For maintenance and benchmarks: run it
+/// while no service has the database open, or it waits for the writer. Returns the rollup rows.
+pub async fn rebuild(path: &Path) -> Result<u64, StoreError> {
+    let mut conn = maintenance_connection(path, "opening the database to rebuild the rollup").await?;
     let mut tx = conn.begin().await.map_err(db_err("starting the rollup rebuild"))?;
     // The text after the marker starts with the rest of the marker's comment line.
     let sql = backfill_sql().split_once('\n').map(|(_, s)| s).unwrap_or("");

@@ -3,10 +3,9 @@
 //! because the store is the one home of the project's SQL.
 
 use std::path::Path;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 
 use super::model::EngagementRow;
 use super::{db_err, rollup, Store, StoreError, StoreOptions};
@@ -34,7 +33,7 @@ pub async fn seed_engagements(path: &Path, spec: SyntheticEngagements) -> Result
         )));
     }
     Store::open(path, StoreOptions::default()).await?.close().await?;
-    let mut conn = connect(path, "seeding synthetic engagement events").await?;
+    let mut conn = rollup::maintenance_connection(path, "seeding synthetic engagement events").await?;
     for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = OFF"] {
         sqlx::query(pragma).execute(&mut conn).await.map_err(db_err("seeding synthetic engagement events"))?;
     }
@@ -73,7 +72,7 @@ impl EngagementWriter {
     /// `synchronous=NORMAL` for this measurement connection).
     pub async fn open(path: &Path) -> Result<EngagementWriter, StoreError> {
         Store::open(path, StoreOptions::default()).await?.close().await?;
-        let mut conn = connect(path, "opening the engagement writer").await?;
+        let mut conn = rollup::maintenance_connection(path, "opening the engagement writer").await?;
         for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"] {
             sqlx::query(pragma).execute(&mut conn).await.map_err(db_err("opening the engagement writer"))?;
         }
@@ -94,15 +93,6 @@ impl EngagementWriter {
         super::ops::insert_engagements(&mut tx, &refs).await?;
         tx.commit().await.map_err(db_err("committing engagement events"))
     }
-}
-
-async fn connect(path: &Path, what: &'static str) -> Result<SqliteConnection, StoreError> {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .busy_timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .map_err(db_err(what))
 }
 
 #[cfg(test)]
