@@ -265,10 +265,10 @@ impl ConversationState {
             Event::Utterance(u) if u.is_final && u.channel == Channel::Customer => {
                 self.last_customer_confidence = Some(u.confidence);
                 let text = normalizer.normalize(&u.text);
-                for phrase in index.matches(text) {
+                index.for_each_match(text, |phrase| {
                     self.hear(phrase, u.confidence);
                     on_phrase(phrase, u.confidence);
-                }
+                });
             }
             Event::Utterance(_) => {}
         }

@@ -7,10 +7,18 @@
 //! Whole words: a match counts only if it starts at the beginning of the text or after a space
 //! and ends at the end of the text or before a space; normalized text has single spaces
 //! between words and phrases never start or end with one.
+//!
+//! The search steps the automaton's DFA byte by byte itself instead of going through the
+//! crate's overlapping iterator: a whole-word match can only end where a word ends, so the
+//! state's matches are read at the spaces and at the end of the text, and nowhere else. That
+//! skips the iterator's per-byte match bookkeeping and per-match resumption, which cost as
+//! much as the transitions themselves on utterance-sized texts.
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 
 use super::normalize::Normalizer;
 use super::TriggerError;
@@ -64,19 +72,26 @@ impl KeywordIndexBuilder {
     pub fn build(self) -> Result<KeywordIndex, TriggerError> {
         // A DFA is the fastest search kind; the phrase sets of contact-center rules (thousands
         // of short phrases) keep its memory to a few megabytes.
-        let ac = AhoCorasick::builder()
+        // Standard semantics copies every phrase ending at a state into its match list, which
+        // is what makes reading the matches only at word ends complete. No prefilter: the
+        // search is driven by hand and never consults one.
+        let dfa = DFA::builder()
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            .start_kind(StartKind::Unanchored)
+            .prefilter(false)
             .build(&self.phrases)
             .map_err(|e| TriggerError::Automaton(e.to_string()))?;
-        Ok(KeywordIndex { ac, phrases: self.phrases, by_text: self.by_text })
+        let start = dfa.start_state(Anchored::No).map_err(|e| TriggerError::Automaton(e.to_string()))?;
+        Ok(KeywordIndex { dfa, start, phrases: self.phrases, by_text: self.by_text })
     }
 }
 
 /// The compiled phrase set. Immutable and shareable across conversations and threads.
 #[derive(Debug, Clone)]
 pub struct KeywordIndex {
-    ac: AhoCorasick,
+    dfa: DFA,
+    /// The unanchored start state, looked up once.
+    start: StateID,
     phrases: Vec<String>,
     by_text: HashMap<String, PhraseId>,
 }
@@ -110,16 +125,42 @@ impl KeywordIndex {
         self.phrases.get(id.0 as usize).map(String::as_str)
     }
 
-    /// Every whole-word occurrence of a phrase in already-normalized text (see
-    /// [`super::normalize`]). A phrase said twice is reported twice. Allocates nothing.
-    pub fn matches<'a>(&'a self, normalized: &'a str) -> impl Iterator<Item = PhraseId> + 'a {
+    /// Calls `found` with every whole-word occurrence of a phrase in already-normalized text
+    /// (see [`super::normalize`]), in order of where it ends. A phrase said twice is reported
+    /// twice. Allocates nothing.
+    pub fn for_each_match(&self, normalized: &str, mut found: impl FnMut(PhraseId)) {
         let bytes = normalized.as_bytes();
-        self.ac.find_overlapping_iter(normalized).filter_map(move |m| {
-            let starts_word = m.start() == 0 || bytes[m.start() - 1] == b' ';
-            let ends_word = m.end() == bytes.len() || bytes[m.end()] == b' ';
-            // Pattern ids come from `phrases`, whose length fits u32 (checked in `add`).
-            (starts_word && ends_word).then(|| PhraseId(m.pattern().as_u32()))
-        })
+        let mut sid = self.start;
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b' ' {
+                self.word_end(sid, i, bytes, &mut found);
+            }
+            sid = self.dfa.next_state(Anchored::No, sid, b);
+        }
+        self.word_end(sid, bytes.len(), bytes, &mut found);
+    }
+
+    /// The whole-word matches of `sid`, the state reached when a word ended at byte `end`.
+    #[inline]
+    fn word_end(&self, sid: StateID, end: usize, bytes: &[u8], found: &mut impl FnMut(PhraseId)) {
+        if !self.dfa.is_match(sid) {
+            return;
+        }
+        for k in 0..self.dfa.match_len(sid) {
+            let pid = self.dfa.match_pattern(sid, k);
+            let Some(start) = end.checked_sub(self.dfa.pattern_len(pid)) else { continue };
+            if start == 0 || bytes.get(start - 1) == Some(&b' ') {
+                // Pattern ids come from `phrases`, whose length fits u32 (checked in `add`).
+                found(PhraseId(pid.as_u32()));
+            }
+        }
+    }
+
+    /// [`KeywordIndex::for_each_match`], collected.
+    pub fn matches(&self, normalized: &str) -> Vec<PhraseId> {
+        let mut out = Vec::new();
+        self.for_each_match(normalized, |id| out.push(id));
+        out
     }
 }
 
@@ -130,7 +171,8 @@ mod tests {
 
     fn found(index: &KeywordIndex, text: &str) -> Vec<String> {
         let norm = normalize(text);
-        let mut v: Vec<String> = index.matches(&norm).map(|id| index.phrase(id).unwrap_or("?").to_owned()).collect();
+        let mut v: Vec<String> =
+            index.matches(&norm).into_iter().map(|id| index.phrase(id).unwrap_or("?").to_owned()).collect();
         v.sort();
         v
     }
@@ -192,7 +234,50 @@ mod tests {
     fn empty_index_matches_nothing() {
         let index = KeywordIndex::from_phrases(Vec::<&str>::new()).expect("index");
         assert!(index.is_empty());
-        assert_eq!(index.matches("refund").count(), 0);
+        assert!(index.matches("refund").is_empty());
+    }
+
+    /// Every whole-word occurrence, found the slow obvious way: each phrase at each offset.
+    fn naive(phrases: &[&str], text: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for p in phrases {
+            for at in (0..text.len()).filter(|&at| text[at..].starts_with(p)) {
+                let end = at + p.len();
+                if (at == 0 || text.as_bytes()[at - 1] == b' ') && (end == text.len() || text.as_bytes()[end] == b' ') {
+                    v.push(p.to_string());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn agrees_with_a_naive_scan_on_generated_texts() {
+        // Short words over a tiny alphabet, so phrases overlap, nest and repeat a lot.
+        const WORDS: [&str; 6] = ["a", "b", "ab", "ba", "aba", "bab"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let words = |next: &mut dyn FnMut(usize) -> usize, max: usize| {
+            let n = 1 + next(max);
+            (0..n).map(|_| WORDS[next(WORDS.len())]).collect::<Vec<_>>().join(" ")
+        };
+        for _ in 0..200 {
+            let phrases: Vec<String> = (0..1 + next(8)).map(|_| words(&mut next, 3)).collect();
+            let mut unique: Vec<&str> = phrases.iter().map(String::as_str).collect();
+            unique.sort();
+            unique.dedup();
+            let index = KeywordIndex::from_phrases(unique.iter().copied()).expect("index");
+            for _ in 0..20 {
+                let text = words(&mut next, 12);
+                assert_eq!(found(&index, &text), naive(&unique, &text), "phrases {unique:?}, text {text:?}");
+            }
+        }
     }
 
     // Throughput is measured by `cargo bench --bench perf` (group `triggers`), beside a
