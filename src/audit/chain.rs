@@ -26,7 +26,7 @@ use chrono::NaiveDate;
 use rand::RngCore;
 
 use super::checkpoint::{AuditPublicKey, Checkpoint};
-use super::record::{AuditDraft, AuditRecord, AuditTime, Digest, COMPLIANCE_TAG, RETENTION_POLICY};
+use super::record::{link, AuditDraft, AuditRecord, AuditTime, Digest, RecordView, COMPLIANCE_TAG, RETENTION_POLICY};
 use super::AuditError;
 
 /// The in-memory appender: knows the last sequence number and hash, nothing else.
@@ -215,6 +215,32 @@ struct Mark {
     day: NaiveDate,
 }
 
+/// A record reduced to what [`Verifier::push_canonical`] checks: its links, its canonical
+/// bytes (module docs of [`super::record`]) and whether its fixed fields hold their values.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalRecord<'a> {
+    pub seq: u64,
+    pub prev_hash: Digest,
+    pub hash: Digest,
+    pub canonical: &'a [u8],
+    pub compliance_tag_ok: bool,
+    pub retention_policy_ok: bool,
+}
+
+impl<'a> CanonicalRecord<'a> {
+    /// `r` with `canonical`, which must be `r`'s canonical bytes.
+    pub fn of(r: &RecordView<'_>, canonical: &'a [u8]) -> CanonicalRecord<'a> {
+        CanonicalRecord {
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            canonical,
+            compliance_tag_ok: r.compliance_tag == COMPLIANCE_TAG,
+            retention_policy_ok: r.retention_policy == RETENTION_POLICY,
+        }
+    }
+}
+
 /// Streaming verification: [`Verifier::new`], [`Verifier::push`] each record in order,
 /// then [`Verifier::finish`].
 #[derive(Debug)]
@@ -276,6 +302,16 @@ impl Verifier {
 
     /// Checks the next record. `Err` carries the final verdict; later pushes repeat it.
     pub fn push(&mut self, r: &AuditRecord) -> Result<(), Verdict> {
+        let mut buf = std::mem::take(&mut self.buf);
+        r.write_canonical(&mut buf);
+        let result = self.push_canonical(&CanonicalRecord::of(&r.view(), &buf));
+        self.buf = buf;
+        result
+    }
+
+    /// [`Verifier::push`] for a record whose canonical bytes were written elsewhere (a reader
+    /// thread, say), so hashing and the chain checks are all that is left here.
+    pub fn push_canonical(&mut self, r: &CanonicalRecord<'_>) -> Result<(), Verdict> {
         if let Some(v) = &self.failed {
             return Err(v.clone());
         }
@@ -286,7 +322,7 @@ impl Verifier {
         result
     }
 
-    fn check(&mut self, r: &AuditRecord) -> Result<(), Verdict> {
+    fn check(&mut self, r: &CanonicalRecord<'_>) -> Result<(), Verdict> {
         let (prev_seq, prev_hash) = match self.at {
             Some(at) => at,
             None => self.start_for(r.seq)?,
@@ -307,13 +343,13 @@ impl Verifier {
         if r.prev_hash != prev_hash {
             return invalid(Defect::PrevHashMismatch);
         }
-        if r.compute_hash(&mut self.buf) != r.hash {
+        if link(&r.prev_hash, r.canonical) != r.hash {
             return invalid(Defect::HashMismatch);
         }
-        if r.compliance_tag != COMPLIANCE_TAG {
+        if !r.compliance_tag_ok {
             return invalid(Defect::WrongComplianceTag);
         }
-        if r.retention_policy != RETENTION_POLICY {
+        if !r.retention_policy_ok {
             return invalid(Defect::WrongRetentionPolicy);
         }
         while let Some(m) = self.marks.get(self.next_mark).filter(|m| m.seq <= r.seq) {

@@ -26,11 +26,11 @@ pub mod checkpoint;
 pub mod ops;
 pub mod record;
 
-pub use chain::{verify, Chain, Defect, Verdict, Verifier};
+pub use chain::{verify, CanonicalRecord, Chain, Defect, Verdict, Verifier};
 pub use checkpoint::{
     parse_anchor_lines, purge_plan, AuditKey, AuditPublicKey, Checkpoint, DaySummary, HeldBack, PurgePlan,
 };
-pub use record::{AuditDraft, AuditRecord, AuditTime, Digest, COMPLIANCE_TAG, RETENTION_POLICY};
+pub use record::{AuditDraft, AuditRecord, AuditTime, Digest, RecordView, COMPLIANCE_TAG, RETENTION_POLICY};
 
 use thiserror::Error;
 

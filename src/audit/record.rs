@@ -264,10 +264,30 @@ pub struct AuditRecord {
     pub hash: Digest,
 }
 
-impl AuditRecord {
-    /// Writes the canonical form (module docs) into `buf`, replacing its contents.
-    pub fn write_canonical(&self, buf: &mut Vec<u8>) {
-        buf.clear();
+/// An [`AuditRecord`] whose text fields are borrowed: what a reader decodes in place (from
+/// SQLite's row buffers, say) to verify records without allocating their strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub seq: u64,
+    pub audit_id: Uuid,
+    pub timestamp: AuditTime,
+    pub conversation_id: Uuid,
+    pub prompt_id: Uuid,
+    pub injection_id: Uuid,
+    pub status: &'a str,
+    pub latency_ms: Option<u64>,
+    pub error: Option<&'a str>,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub compliance_tag: &'a str,
+    pub retention_policy: &'a str,
+    pub prev_hash: Digest,
+    pub hash: Digest,
+}
+
+impl RecordView<'_> {
+    /// Appends the canonical form (module docs) to `buf`, keeping what it held.
+    pub fn append_canonical(&self, buf: &mut Vec<u8>) {
         buf.extend_from_slice(b"{\"seq\":");
         write_u64(buf, self.seq);
         buf.extend_from_slice(b",\"auditId\":");
@@ -281,28 +301,78 @@ impl AuditRecord {
         buf.extend_from_slice(b",\"injectionId\":");
         write_uuid(buf, &self.injection_id);
         buf.extend_from_slice(b",\"status\":");
-        write_str(buf, &self.status);
+        write_str(buf, self.status);
         if let Some(ms) = self.latency_ms {
             buf.extend_from_slice(b",\"latencyMs\":");
             write_u64(buf, ms);
         }
-        if let Some(e) = &self.error {
+        if let Some(e) = self.error {
             buf.extend_from_slice(b",\"error\":");
             write_str(buf, e);
         }
         buf.extend_from_slice(b",\"actor\":");
-        write_str(buf, &self.actor);
-        if let Some(r) = &self.reason {
+        write_str(buf, self.actor);
+        if let Some(r) = self.reason {
             buf.extend_from_slice(b",\"reason\":");
             write_str(buf, r);
         }
         buf.extend_from_slice(b",\"complianceTag\":");
-        write_str(buf, &self.compliance_tag);
+        write_str(buf, self.compliance_tag);
         buf.extend_from_slice(b",\"retentionPolicy\":");
-        write_str(buf, &self.retention_policy);
+        write_str(buf, self.retention_policy);
         buf.extend_from_slice(b",\"prevHash\":\"");
         buf.extend_from_slice(&self.prev_hash.hex());
         buf.extend_from_slice(b"\"}");
+    }
+
+    /// The owned record.
+    pub fn to_record(&self) -> AuditRecord {
+        AuditRecord {
+            seq: self.seq,
+            audit_id: self.audit_id,
+            timestamp: self.timestamp,
+            conversation_id: self.conversation_id,
+            prompt_id: self.prompt_id,
+            injection_id: self.injection_id,
+            status: self.status.to_owned(),
+            latency_ms: self.latency_ms,
+            error: self.error.map(str::to_owned),
+            actor: self.actor.to_owned(),
+            reason: self.reason.map(str::to_owned),
+            compliance_tag: self.compliance_tag.to_owned(),
+            retention_policy: self.retention_policy.to_owned(),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+impl AuditRecord {
+    /// The record with its text borrowed.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            seq: self.seq,
+            audit_id: self.audit_id,
+            timestamp: self.timestamp,
+            conversation_id: self.conversation_id,
+            prompt_id: self.prompt_id,
+            injection_id: self.injection_id,
+            status: &self.status,
+            latency_ms: self.latency_ms,
+            error: self.error.as_deref(),
+            actor: &self.actor,
+            reason: self.reason.as_deref(),
+            compliance_tag: &self.compliance_tag,
+            retention_policy: &self.retention_policy,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+
+    /// Writes the canonical form (module docs) into `buf`, replacing its contents.
+    pub fn write_canonical(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        self.view().append_canonical(buf);
     }
 
     /// The hash this record should carry, given its own `prev_hash`; `buf` is scratch space.

@@ -221,6 +221,9 @@ impl fmt::Debug for Store {
     }
 }
 
+/// How much of the database file each read connection may map (SQLite's `mmap_size`).
+const READ_MMAP_BYTES: u64 = 1 << 30;
+
 impl Store {
     /// Opens (creating if missing) the database at `path`, applies migrations, loads the
     /// audit chain head and starts the writer. Must be called within a tokio runtime.
@@ -240,7 +243,10 @@ impl Store {
         let (last_seq, last_hash, last_at) = writer::check_head(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.read_connections.max(1))
-            .connect_with(base.read_only(true))
+            // Reads map the database file instead of copying each page out of the kernel
+            // with a read(): verify and export walk the whole chain, and the copies were a
+            // fifth of their CPU. Pages still in the WAL are read as before.
+            .connect_with(base.read_only(true).pragma("mmap_size", READ_MMAP_BYTES.to_string()))
             .await
             .map_err(open_err)?;
         let counters = Arc::new(writer::Counters::default());

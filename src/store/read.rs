@@ -19,7 +19,7 @@ use super::model::{
 };
 use super::ops::{digest, to_i64};
 use super::{db_err, StoreError};
-use crate::audit::{AuditRecord, AuditTime, Checkpoint, DaySummary};
+use crate::audit::{AuditRecord, AuditTime, Checkpoint, DaySummary, RecordView};
 use crate::contract::{CatalogueEntry, Priority, PromptContent, ValidPayload};
 
 const INJECTION_COLUMNS: &str = "id, conversation_id, prompt_id, status, payload, content, priority, source, \
@@ -490,6 +490,18 @@ impl super::Store {
                 None => std::task::Poll::Ready(None),
             }
         })
+    }
+
+    /// Calls `visit` on a blocking thread with every audit record from `from_seq` on, in
+    /// order and decoded in place (text borrowed from SQLite's row, nothing allocated), then
+    /// once with `None` at the end; `visit` returning `false` stops the scan early. One read
+    /// transaction, like [`Store::audit_stream`]. This is verification's path: what `visit`
+    /// does with a record (write its canonical bytes) runs beside the caller's own work.
+    pub async fn audit_scan<F>(&self, from_seq: u64, visit: F) -> Result<(), StoreError>
+    where
+        F: for<'r> FnMut(Option<RecordView<'r>>) -> bool + Send + 'static,
+    {
+        super::raw_audit::audit_scan(self.pool(), to_i64(from_seq, "seq")?, visit).await
     }
 
     /// One audit record by sequence number.
