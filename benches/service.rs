@@ -41,6 +41,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY: &str = "bench-injector-key";
 /// A fresh conversation every this many requests: at most `maxConcurrentPrompts` (3), so the
 /// capacity ledger never refuses or queues.
