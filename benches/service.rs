@@ -384,8 +384,16 @@ impl Conn {
         .into_bytes();
         let head = request.len();
         request.extend_from_slice(&body);
-        let conv_at = find(&body, marker.hyphenated().to_string().as_bytes()).expect("the payload names its conversation");
-        Ok(Conn { stream, request, conv_at: head + conv_at, buf: vec![0; 16 * 1024].into_boxed_slice(), body: 0..0, sent: 0 })
+        let conv_at =
+            find(&body, marker.hyphenated().to_string().as_bytes()).expect("the payload names its conversation");
+        Ok(Conn {
+            stream,
+            request,
+            conv_at: head + conv_at,
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            body: 0..0,
+            sent: 0,
+        })
     }
 
     /// Sends one request (a new conversation every `PER_CONVERSATION`) and reads the whole
@@ -590,8 +598,11 @@ async fn open_loop(addr: SocketAddr, rate: u64, conns: usize) -> Latency {
     for mut conn in conns {
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut part =
-                OpenPart { lat_us: Vec::with_capacity(per_conn), lag_us: Vec::with_capacity(per_conn), ..Default::default() };
+            let mut part = OpenPart {
+                lat_us: Vec::with_capacity(per_conn),
+                lag_us: Vec::with_capacity(per_conn),
+                ..Default::default()
+            };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
