@@ -131,12 +131,15 @@ async fn http(rows: &mut Vec<Row>) {
     let tx = w1.transactions - w0.transactions;
     let batches = w1.batches - w0.batches;
     println!(
-        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each; store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
+        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each (store writer thread {:.0} µs, {:.2} cores; the rest {:.0} µs); store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
         real.ok,
         real.other,
         real.secs,
         real.cpu / real.secs,
         real.cpu * 1e6 / real.ok.max(1) as f64,
+        real.writer_cpu * 1e6 / real.ok.max(1) as f64,
+        real.writer_cpu / real.secs,
+        (real.cpu - real.writer_cpu) * 1e6 / real.ok.max(1) as f64,
         tx,
         batches,
         batches as f64 / tx.max(1) as f64,
@@ -494,6 +497,25 @@ struct Closed {
     secs: f64,
     /// CPU time of the whole process (server, client, SQLite) over the run, in seconds.
     cpu: f64,
+    /// Of which the store's writer thread (`gc-assist-store`: SQLite and the audit chain).
+    writer_cpu: f64,
+}
+
+/// CPU time (s) of this process's threads named `name`, from /proc (0 where there is none).
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut total = 0.0;
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    total
 }
 
 /// This process's user + system CPU time so far, from /proc (0 where there is none).
@@ -516,7 +538,7 @@ impl Closed {
 /// `clients` connections, each sending its next request as soon as the last is answered.
 async fn closed_loop(addr: SocketAddr, clients: usize, run: Duration) -> Closed {
     let conns = connect_all(addr, clients).await;
-    let cpu0 = cpu_secs();
+    let (cpu0, writer0) = (cpu_secs(), thread_cpu_secs("gc-assist-store"));
     let start = Instant::now();
     let until = start + run;
     let mut tasks = Vec::with_capacity(clients);
@@ -545,7 +567,13 @@ async fn closed_loop(addr: SocketAddr, clients: usize, run: Duration) -> Closed 
             other += x;
         }
     }
-    Closed { ok, other, secs: start.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu0 }
+    Closed {
+        ok,
+        other,
+        secs: start.elapsed().as_secs_f64(),
+        cpu: cpu_secs() - cpu0,
+        writer_cpu: thread_cpu_secs("gc-assist-store") - writer0,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
