@@ -19,6 +19,10 @@ use gc_assist::store::synthetic::{self, EngagementWriter, SyntheticEngagements};
 use gc_assist::store::{EngagementKind, EngagementRow, Store, StoreOptions};
 use uuid::Uuid;
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// 2026-03-01T00:00:00Z; events spread over 30 days from here.
 const T0: i64 = 1_772_323_200_000;
 const SPAN_MS: i64 = 30 * 86_400_000;

@@ -36,6 +36,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const QUEUE: &str = "20a2bd46-64e1-4827-8e9e-f900e3ed7f32";
 const KEYWORD: &str = "refund policy";
 const DELAY_MS: u64 = 500;

@@ -8,6 +8,10 @@
 //! Browser and service share one machine, so both clocks are the same clock; the page
 //! records when it drew each prompt (`performance.timeOrigin + performance.now()`).
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/it/webdriver.rs"]
 mod webdriver;
 

@@ -8,6 +8,10 @@ use gc_assist::audit::{AuditDraft, AuditRecord, AuditTime, Chain};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -23,6 +23,10 @@ use gc_assist::genesys::GenesysClient;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Deliveries in flight at once (each client): the burst is wanted at once, but a client
 /// holds a bounded number of open requests, as any HTTP client pool does.
 const IN_FLIGHT: usize = 256;

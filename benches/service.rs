@@ -6,7 +6,18 @@
 //! Server and load generator share one tokio runtime and the machine's cores, so every
 //! figure includes the load generator's own cost; the baselines pay the same cost, which is
 //! why the ratios are the figures to compare across machines.
+//!
+//! The load generator is a lean HTTP/1.1 client of its own (section "Load generator"), used
+//! for the service and the empty-handler baseline alike. It replaced reqwest because, on
+//! these 2 shared cores, the generator's cost was most of what the HTTP figures measured:
+//! hyper-util's pool bookkeeping (`VecDeque::retain`), reqwest's per-request request and
+//! header allocations, and, in the open loop, the kernel's connect path
+//! (`__inet_hash_connect`) each time requests queued and the pool opened another
+//! connection. Here every connection is opened before timing and kept alive, each request
+//! is a precomputed byte string (a new conversation id is written into it in place), and an
+//! answer is read as far as its status line and `Content-Length`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use gc_assist::audit::AuditDraft;
 use gc_assist::config::{ApiKeyConfig, Config};
@@ -24,8 +36,14 @@ use gc_assist::store::{InjectionRow, InjectionStatus, OutboxRow, Source, Store, 
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// The binary's allocator (src/main.rs), so the bench measures what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEY: &str = "bench-injector-key";
 /// A fresh conversation every this many requests: at most `maxConcurrentPrompts` (3), so the
@@ -36,8 +54,11 @@ const CLOSED_CLIENTS: usize = 64;
 const CLOSED_SECS: u64 = 3;
 /// The goal's rate, then one the shared machine sustains, to separate queueing from cost.
 const OPEN_RATES: [u64; 2] = [5_000, 2_000];
-const OPEN_CLIENTS: u64 = 50;
+/// Keep-alive connections of the open loop, all opened before timing; `SVCBENCH_CONNS`
+/// overrides. Enough that a stall of ~25 ms at 5,000/s still finds a free connection.
+const OPEN_CONNS: usize = 128;
 const OPEN_SECS: u64 = 5;
+const PATH: &str = "/v1/prompt-injections";
 /// Concurrent writers: the first as many as the HTTP clients, the second enough to fill
 /// the writer's group-commit drain (`max_drain` 512).
 const APPEND_TASKS: [usize; 2] = [64, 512];
@@ -84,18 +105,16 @@ async fn http(rows: &mut Vec<Row>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = start_service(dir.path()).await;
     let empty = start_empty().await;
-    let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(256).build().expect("reqwest client");
 
     // A wrong payload or key would make every figure meaningless: check one answer first.
-    let first = client.post(&svc.url).bearer_auth(KEY).header("content-type", "application/json");
-    let first = first.body(payload(Uuid::new_v4())).send().await.expect("first request");
-    let status = first.status();
-    let text = first.text().await.unwrap_or_default();
-    assert_eq!(status, reqwest::StatusCode::CREATED, "the service refused the bench payload: {text}");
+    let mut first = Conn::open(svc.addr).await.expect("connecting to the service");
+    let status = first.exchange().await.expect("first request");
+    assert_eq!(status, 201, "the service refused the bench payload: {}", String::from_utf8_lossy(first.last_body()));
+    drop(first);
 
     // Warm both servers (connections, allocator, SQLite page cache) before timing.
-    closed_loop(&client, &svc.url, 16, Duration::from_millis(500)).await;
-    closed_loop(&client, &empty.url, 16, Duration::from_millis(500)).await;
+    closed_loop(svc.addr, 16, Duration::from_millis(500)).await;
+    closed_loop(empty.addr, 16, Duration::from_millis(500)).await;
 
     // The disk's commit latency bounds a closed loop: each client waits at least one fsync.
     let commit = commit_latency(dir.path()).await;
@@ -106,18 +125,21 @@ async fn http(rows: &mut Vec<Row>) {
     let svc_store = svc.store.clone().expect("the service has a store");
     let w0 = svc_store.stats();
     let clients = std::env::var("SVCBENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(CLOSED_CLIENTS);
-    let real = closed_loop(&client, &svc.url, clients, Duration::from_secs(CLOSED_SECS)).await;
+    let real = closed_loop(svc.addr, clients, Duration::from_secs(CLOSED_SECS)).await;
     let w1 = svc_store.stats();
-    let base = closed_loop(&client, &empty.url, clients, Duration::from_secs(CLOSED_SECS)).await;
+    let base = closed_loop(empty.addr, clients, Duration::from_secs(CLOSED_SECS)).await;
     let tx = w1.transactions - w0.transactions;
     let batches = w1.batches - w0.batches;
     println!(
-        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each; store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
+        "closed loop: service {} ok / {} other in {:.2}s, {:.2} cores busy, {:.0} µs CPU each (store writer thread {:.0} µs, {:.2} cores; the rest {:.0} µs); store {} transactions, {} batches ({:.1} batches/tx, {:.2} writes/injection)",
         real.ok,
         real.other,
         real.secs,
         real.cpu / real.secs,
         real.cpu * 1e6 / real.ok.max(1) as f64,
+        real.writer_cpu * 1e6 / real.ok.max(1) as f64,
+        real.writer_cpu / real.secs,
+        (real.cpu - real.writer_cpu) * 1e6 / real.ok.max(1) as f64,
         tx,
         batches,
         batches as f64 / tx.max(1) as f64,
@@ -135,13 +157,18 @@ async fn http(rows: &mut Vec<Row>) {
     rows.push(Row {
         what: format!("accepted injections/s, closed loop, {clients} keep-alive clients, {CLOSED_SECS} s"),
         figure: format!(
-            "{:.0}/s ({:.1} batches/tx; disk commit p50 {:.2} ms: bound {clients}/commit = {:.0}/s)",
+            "{:.0}/s ({:.0} µs CPU each; {:.1} batches/tx; disk commit p50 {:.2} ms: bound {clients}/commit = {:.0}/s)",
             real.rate(),
+            real.cpu * 1e6 / real.ok.max(1) as f64,
             batches as f64 / tx.max(1) as f64,
             commit.0,
             clients as f64 * 1e3 / commit.0.max(1e-9)
         ),
-        baseline: format!("empty axum 201 handler: {:.0}/s", base.rate()),
+        baseline: format!(
+            "empty axum 201 handler: {:.0}/s ({:.0} µs CPU each)",
+            base.rate(),
+            base.cpu * 1e6 / base.ok.max(1) as f64
+        ),
         ratio: format!("{:.2}x", real.rate() / base.rate().max(1e-9)),
     });
 
@@ -151,24 +178,25 @@ async fn http(rows: &mut Vec<Row>) {
     // `SVCBENCH_RATES=1000,500` replaces the rates, to find the highest one meeting a p99.
     let rates: Vec<u64> = std::env::var("SVCBENCH_RATES")
         .ok()
-        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).filter(|r| *r > 0).collect())
         .unwrap_or_else(|| OPEN_RATES.to_vec());
+    let conns = std::env::var("SVCBENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(OPEN_CONNS).max(1);
     for rate in rates {
         let dir = tempfile::tempdir().expect("tempdir");
         let svc = start_service(dir.path()).await;
-        closed_loop(&client, &svc.url, 16, Duration::from_millis(300)).await;
-        let lat = open_loop(&client, &svc.url, rate).await;
+        closed_loop(svc.addr, 16, Duration::from_millis(300)).await;
+        let lat = open_loop(svc.addr, rate, conns).await;
         print_live(&svc, &format!("after the open loop at {rate}/s"));
         svc.stop().await;
-        let lat_base = open_loop(&client, &empty.url, rate).await;
+        let lat_base = open_loop(empty.addr, rate, conns).await;
         for (name, l) in [("service", &lat), ("empty handler", &lat_base)] {
             println!(
-                "open loop {rate}/s {name}: {} sent, {} ok, {} shed (429), {} failed; achieved {:.0}/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-                l.sent, l.ok, l.shed, l.failed, l.achieved, l.p50, l.p99, l.max
+                "open loop {rate}/s {name}, {conns} connections: {} sent, {} ok, {} shed (429), {} failed; achieved {:.0}/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms; {:.0} µs CPU each; sent late by the generator p50 {:.2} ms p99 {:.2} ms",
+                l.sent, l.ok, l.shed, l.failed, l.achieved, l.p50, l.p99, l.max, l.cpu_us, l.lag_p50, l.lag_p99
             );
         }
         rows.push(Row {
-            what: format!("admit latency at {rate}/s open loop, {OPEN_SECS} s: p50 / p99 / max"),
+            what: format!("admit latency at {rate}/s open loop, {OPEN_SECS} s, {conns} connections: p50 / p99 / max"),
             figure: format!("{:.2} / {:.2} / {:.2} ms", lat.p50, lat.p99, lat.max),
             baseline: format!("empty handler: {:.2} / {:.2} / {:.2} ms", lat_base.p50, lat_base.p99, lat_base.max),
             ratio: format!("p99 {:.1}x", lat.p99 / lat_base.p99.max(1e-9)),
@@ -215,7 +243,7 @@ async fn append(rows: &mut Vec<Row>, tasks: usize) {
 // Servers
 
 struct Running {
-    url: String,
+    addr: SocketAddr,
     /// The service's store; the baseline has none.
     store: Option<Store>,
     service: Option<Service>,
@@ -253,7 +281,7 @@ async fn start_service(dir: &Path) -> Running {
     cfg.api_keys = vec![ApiKeyConfig { id: "bench".into(), sha256: key_hash_hex(KEY), role: "injector".into() }];
     let state = AppState::new(service.clone(), &cfg).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/v1/prompt-injections", listener.local_addr().expect("addr"));
+    let addr = listener.local_addr().expect("addr");
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = server::serve(state, listener, async move {
@@ -261,7 +289,7 @@ async fn start_service(dir: &Path) -> Running {
         })
         .await;
     });
-    Running { url, store: Some(store), service: Some(service), stop, task }
+    Running { addr, store: Some(store), service: Some(service), stop, task }
 }
 
 /// Where the service's injections stand: how far the timer (showing after `delayMs`) lags.
@@ -274,7 +302,8 @@ fn print_live(svc: &Running, when: &str) {
     }
 }
 
-/// The baseline: an axum handler that reads the body and answers 201 with a small JSON.
+/// The baseline: an axum handler that reads the body and answers 201 with a small JSON,
+/// served like the service (TCP_NODELAY on accepted connections).
 async fn start_empty() -> Running {
     async fn create(_body: axum::body::Bytes) -> (StatusCode, Json<Value>) {
         (
@@ -282,18 +311,18 @@ async fn start_empty() -> Running {
             Json(json!({"injectionId": "0190b6c4-0000-7000-8000-000000000000", "status": "scheduled"})),
         )
     }
-    let app = Router::new().route("/v1/prompt-injections", post(create));
+    let app = Router::new().route(PATH, post(create));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/v1/prompt-injections", listener.local_addr().expect("addr"));
+    let addr = listener.local_addr().expect("addr");
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
+        let _ = axum::serve(listener.tap_io(server::no_delay), app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
             })
             .await;
     });
-    Running { url, store: None, service: None, stop, task }
+    Running { addr, store: None, service: None, stop, task }
 }
 
 /// A valid payload: inline prompt, no trigger conditions, shown after the contract's
@@ -314,21 +343,149 @@ fn payload(conversation: Uuid) -> Vec<u8> {
 /// The first failed request's error, to say why requests failed.
 static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The answer's status, or 0 when the request itself failed (connection, timeout).
-async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>) -> u16 {
-    let r = client.post(url).bearer_auth(KEY).header("content-type", "application/json").body(body).send().await;
-    match r {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            // Read the answer: a real client does, and it frees the connection for reuse.
-            let _ = resp.bytes().await;
-            status
-        }
-        Err(e) => {
-            let _ = FIRST_ERROR.set(e.to_string());
-            0
-        }
+fn note_error(e: &std::io::Error) {
+    let _ = FIRST_ERROR.set(e.to_string());
+}
+
+// ---------------------------------------------------------------------------------------
+// Load generator
+
+/// One keep-alive HTTP/1.1 connection sending the bench payload, one request at a time (no
+/// pipelining). Nothing is allocated per request: the request bytes are built once and a
+/// new conversation id is written over the old one in place; the answer is read into a
+/// fixed buffer.
+struct Conn {
+    stream: TcpStream,
+    request: Vec<u8>,
+    /// Where the conversation id's 36 characters sit in `request`.
+    conv_at: usize,
+    buf: Box<[u8]>,
+    /// Where the last answer's body sits in `buf` (as much of it as fits).
+    body: std::ops::Range<usize>,
+    sent: u64,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn bad_answer(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        // The service's side sets it too: small requests must not wait for a delayed ACK.
+        stream.set_nodelay(true)?;
+        let marker = Uuid::new_v4();
+        let body = payload(marker);
+        let mut request = format!(
+            "POST {PATH} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        let head = request.len();
+        request.extend_from_slice(&body);
+        let conv_at =
+            find(&body, marker.hyphenated().to_string().as_bytes()).expect("the payload names its conversation");
+        Ok(Conn {
+            stream,
+            request,
+            conv_at: head + conv_at,
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            body: 0..0,
+            sent: 0,
+        })
     }
+
+    /// Sends one request (a new conversation every `PER_CONVERSATION`) and reads the whole
+    /// answer; returns its status.
+    async fn exchange(&mut self) -> std::io::Result<u16> {
+        if self.sent % PER_CONVERSATION == 0 {
+            Uuid::new_v4().hyphenated().encode_lower(&mut self.request[self.conv_at..self.conv_at + 36]);
+        }
+        self.sent += 1;
+        self.stream.write_all(&self.request).await?;
+        self.read_answer().await
+    }
+
+    /// Reads one answer: its head up to the blank line, then `Content-Length` bytes of body
+    /// (a body larger than the buffer is read and dropped past what fits).
+    async fn read_answer(&mut self) -> std::io::Result<u16> {
+        let mut len = 0;
+        let end = loop {
+            if len == self.buf.len() {
+                return Err(bad_answer("an answer head over 16 KiB"));
+            }
+            let n = self.stream.read(&mut self.buf[len..]).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            }
+            // The blank line may straddle two reads: look back 3 bytes.
+            let from = len.saturating_sub(3);
+            len += n;
+            if let Some(i) = find(&self.buf[from..len], b"\r\n\r\n") {
+                break from + i;
+            }
+        };
+        let head = &self.buf[..end];
+        let status = head
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|_| head.starts_with(b"HTTP/1.1 "))
+            .ok_or_else(|| bad_answer("an answer without an HTTP/1.1 status line"))?;
+        let length = head
+            .split(|b| *b == b'\n')
+            .find_map(|line| {
+                let (name, value) = line.split_at(line.iter().position(|b| *b == b':')?);
+                if !name.eq_ignore_ascii_case(b"content-length") {
+                    return None;
+                }
+                std::str::from_utf8(&value[1..]).ok()?.trim().parse::<usize>().ok()
+            })
+            .ok_or_else(|| bad_answer("an answer without Content-Length"))?;
+        let body_at = end + 4;
+        let mut have = len - body_at;
+        if have > length {
+            return Err(bad_answer("bytes after the answer (the generator does not pipeline)"));
+        }
+        self.body = body_at..len;
+        // The rest of the body: appended while it fits, then read over the head (no longer
+        // needed), so the kept part of the body stays intact.
+        while have < length {
+            let (at, room) = if self.body.end < self.buf.len() {
+                (self.body.end, self.buf.len() - self.body.end)
+            } else {
+                (0, body_at)
+            };
+            let room = room.min(length - have);
+            let n = self.stream.read(&mut self.buf[at..at + room]).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed mid-answer"));
+            }
+            if at == self.body.end {
+                self.body.end += n;
+            }
+            have += n;
+        }
+        Ok(status)
+    }
+
+    /// The last answer's body (its first 16 KiB at most).
+    fn last_body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
+    }
+}
+
+/// `n` connections to `addr`, opened before anything is timed.
+async fn connect_all(addr: SocketAddr, n: usize) -> Vec<Conn> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(Conn::open(addr).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}")));
+    }
+    conns
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,6 +497,25 @@ struct Closed {
     secs: f64,
     /// CPU time of the whole process (server, client, SQLite) over the run, in seconds.
     cpu: f64,
+    /// Of which the store's writer thread (`gc-assist-store`: SQLite and the audit chain).
+    writer_cpu: f64,
+}
+
+/// CPU time (s) of this process's threads named `name`, from /proc (0 where there is none).
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut total = 0.0;
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    total
 }
 
 /// This process's user + system CPU time so far, from /proc (0 where there is none).
@@ -359,39 +535,44 @@ impl Closed {
     }
 }
 
-async fn closed_loop(client: &reqwest::Client, url: &str, clients: usize, run: Duration) -> Closed {
-    let ok = Arc::new(AtomicU64::new(0));
-    let other = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_secs();
+/// `clients` connections, each sending its next request as soon as the last is answered.
+async fn closed_loop(addr: SocketAddr, clients: usize, run: Duration) -> Closed {
+    let conns = connect_all(addr, clients).await;
+    let (cpu0, writer0) = (cpu_secs(), thread_cpu_secs("gc-assist-store"));
     let start = Instant::now();
     let until = start + run;
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, url, ok, other) = (client.clone(), url.to_string(), ok.clone(), other.clone());
+    let mut tasks = Vec::with_capacity(clients);
+    for mut conn in conns {
         tasks.push(tokio::spawn(async move {
-            let mut conv = Uuid::new_v4();
-            let mut n = 0u64;
+            let (mut ok, mut other) = (0u64, 0u64);
             while Instant::now() < until {
-                if n % PER_CONVERSATION == 0 {
-                    conv = Uuid::new_v4();
-                }
-                n += 1;
-                if send(&client, &url, payload(conv)).await == 201 {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    other.fetch_add(1, Ordering::Relaxed);
+                match conn.exchange().await {
+                    Ok(201) => ok += 1,
+                    Ok(_) => other += 1,
+                    Err(e) => {
+                        // A broken connection is not replaced: that would hide the failure.
+                        note_error(&e);
+                        other += 1;
+                        break;
+                    }
                 }
             }
+            (ok, other)
         }));
     }
+    let (mut ok, mut other) = (0, 0);
     for t in tasks {
-        let _ = t.await;
+        if let Ok((o, x)) = t.await {
+            ok += o;
+            other += x;
+        }
     }
     Closed {
-        ok: ok.load(Ordering::Relaxed),
-        other: other.load(Ordering::Relaxed),
+        ok,
+        other,
         secs: start.elapsed().as_secs_f64(),
         cpu: cpu_secs() - cpu0,
+        writer_cpu: thread_cpu_secs("gc-assist-store") - writer0,
     }
 }
 
@@ -403,83 +584,113 @@ struct Latency {
     ok: u64,
     /// 429 answers: the service shedding load.
     shed: u64,
-    /// Other answers and failed requests.
+    /// Other answers, failed requests, and requests never sent (every connection broke).
     failed: u64,
     achieved: f64,
     p50: f64,
     p99: f64,
     max: f64,
+    /// CPU of the whole process per request sent, in µs.
+    cpu_us: f64,
+    /// How late the generator sent requests after their scheduled instants (tokio's 1 ms
+    /// timer, and waiting for a free connection), in ms.
+    lag_p50: f64,
+    lag_p99: f64,
 }
 
-/// `OPEN_CLIENTS` tickers, staggered across one period, each firing a request per tick
-/// without waiting for the previous answer. Latency runs from the tick's scheduled instant,
-/// so a stalled sender counts against the service rather than hiding (no coordinated
-/// omission).
-async fn open_loop(client: &reqwest::Client, url: &str, rate: u64) -> Latency {
-    let period = Duration::from_nanos(1_000_000_000 * OPEN_CLIENTS / rate);
-    let per_client = rate * OPEN_SECS / OPEN_CLIENTS;
-    let start = tokio::time::Instant::now();
-    let mut tickers = Vec::new();
-    for c in 0..OPEN_CLIENTS {
-        let (client, url) = (client.clone(), url.to_string());
-        let offset = period * c as u32 / OPEN_CLIENTS as u32;
-        tickers.push(tokio::spawn(async move {
-            let mut iv = tokio::time::interval_at(start + offset, period);
-            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut inflight = Vec::with_capacity(per_client as usize);
-            let mut conv = Uuid::new_v4();
-            for n in 0..per_client {
-                let at = iv.tick().await;
-                if n % PER_CONVERSATION == 0 {
-                    conv = Uuid::new_v4();
+/// What one open-loop connection saw: latencies of the 201 answers and its send lags (µs).
+#[derive(Default)]
+struct OpenPart {
+    lat_us: Vec<u32>,
+    lag_us: Vec<u32>,
+    shed: u64,
+    failed: u64,
+}
+
+/// `rate` requests/s for `OPEN_SECS`, request `i` due at `start + i / rate`, over `conns`
+/// keep-alive connections opened beforehand. Each free connection takes the next due
+/// request, waits for its instant and sends it; when every connection is busy, the next
+/// one free sends the overdue request at once. Latency runs from the scheduled instant, so
+/// a slow answer that holds up later requests counts against the service rather than
+/// hiding (no coordinated omission), and no connection is opened mid-run.
+async fn open_loop(addr: SocketAddr, rate: u64, conns: usize) -> Latency {
+    let total = rate * OPEN_SECS;
+    let conns = connect_all(addr, conns).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_secs();
+    // A little ahead, so every task is waiting before the first instant.
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let due = move |i: u64| start + Duration::from_nanos(i * 1_000_000_000 / rate);
+    let per_conn = (total as usize / conns.len()) * 2 + 16;
+    let mut tasks = Vec::with_capacity(conns.len());
+    for mut conn in conns {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut part = OpenPart {
+                lat_us: Vec::with_capacity(per_conn),
+                lag_us: Vec::with_capacity(per_conn),
+                ..Default::default()
+            };
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
                 }
-                let (client, url) = (client.clone(), url.clone());
-                inflight.push(tokio::spawn(async move {
-                    let status = send(&client, &url, payload(conv)).await;
-                    (status, at.elapsed())
-                }));
-            }
-            let mut out = Vec::with_capacity(inflight.len());
-            for t in inflight {
-                if let Ok(r) = t.await {
-                    out.push(r);
+                let at = due(i);
+                if tokio::time::Instant::now() < at {
+                    tokio::time::sleep_until(at).await;
+                }
+                part.lag_us.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                match conn.exchange().await {
+                    Ok(201) => part.lat_us.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(429) => part.shed += 1,
+                    Ok(_) => part.failed += 1,
+                    Err(e) => {
+                        // Not replaced: the other connections take the remaining requests.
+                        note_error(&e);
+                        part.failed += 1;
+                        break;
+                    }
                 }
             }
-            out
+            part
         }));
     }
-    let mut lat = Vec::new();
-    let (mut ok, mut shed, mut failed) = (0u64, 0u64, 0u64);
-    for t in tickers {
-        for (status, d) in t.await.unwrap_or_default() {
-            match status {
-                201 => {
-                    ok += 1;
-                    lat.push(d);
-                }
-                429 => shed += 1,
-                _ => failed += 1,
-            }
+    let (mut lat, mut lag) = (Vec::with_capacity(total as usize), Vec::with_capacity(total as usize));
+    let (mut shed, mut failed) = (0u64, 0u64);
+    for t in tasks {
+        if let Ok(p) = t.await {
+            lat.extend(p.lat_us);
+            lag.extend(p.lag_us);
+            shed += p.shed;
+            failed += p.failed;
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let pick = |q: f64| -> f64 {
-        if lat.is_empty() {
+    let cpu = cpu_secs() - cpu0;
+    let ok = lat.len() as u64;
+    // Requests no connection was left to send.
+    failed += total.saturating_sub(ok + shed + failed);
+    let pick = |v: &mut Vec<u32>, q: f64| -> f64 {
+        if v.is_empty() {
             return f64::NAN;
         }
-        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i].as_secs_f64() * 1e3
+        v.sort_unstable();
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i] as f64 / 1e3
     };
     Latency {
-        sent: rate * OPEN_SECS,
+        sent: total,
         ok,
         shed,
         failed,
         achieved: ok as f64 / secs,
-        p50: pick(0.50),
-        p99: pick(0.99),
-        max: pick(1.0),
+        p50: pick(&mut lat, 0.50),
+        p99: pick(&mut lat, 0.99),
+        max: pick(&mut lat, 1.0),
+        cpu_us: cpu * 1e6 / total.max(1) as f64,
+        lag_p50: pick(&mut lag, 0.50),
+        lag_p99: pick(&mut lag, 0.99),
     }
 }
 

@@ -170,6 +170,18 @@ pub struct Accepted {
     pub latency_ms: u64,
 }
 
+/// The 201 answer's body, written straight from the fields (the order of [`Accepted::to_json`]).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AcceptedBody<'a> {
+    injection_id: Uuid,
+    status: &'a str,
+    conversation_id: Uuid,
+    prompt_id: Uuid,
+    accepted_at: &'a str,
+    latency_ms: u64,
+}
+
 impl Accepted {
     pub fn to_json(&self) -> Value {
         json!({
@@ -181,6 +193,37 @@ impl Accepted {
             "latencyMs": self.latency_ms,
         })
     }
+
+    /// The same JSON as [`Accepted::to_json`], serialised without building a `Value` first:
+    /// the request path writes one per accepted injection (BENCHMARKS.md, "HTTP path").
+    pub fn to_body(&self) -> Bytes {
+        let body = AcceptedBody {
+            injection_id: self.injection_id,
+            status: self.status.as_str(),
+            conversation_id: self.conversation_id,
+            prompt_id: self.prompt_id,
+            accepted_at: &self.accepted_at,
+            latency_ms: self.latency_ms,
+        };
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// A webhook message's body, written straight from the row (no intermediate `Value`, no
+/// copy of the context data).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookBody<'a> {
+    event_type: &'a str,
+    injection_id: Uuid,
+    conversation_id: Uuid,
+    prompt_id: Uuid,
+    latency_ms: u64,
+    timestamp: &'a str,
+    /// `null` when the payload had none.
+    context: Option<&'a serde_json::Map<String, Value>>,
+    alignment_status: &'a str,
 }
 
 /// How the agent engaged with a shown prompt.
@@ -598,17 +641,19 @@ impl Service {
         if urls.is_empty() {
             return Vec::new();
         }
-        let body = json!({
-            "eventType": event,
-            "injectionId": row.id,
-            "conversationId": row.conversation_id,
-            "promptId": row.prompt_id,
-            "latencyMs": latency_ms,
-            "timestamp": rfc3339(now),
-            "context": row.payload.context_data().cloned().map(Value::Object).unwrap_or(Value::Null),
-            "alignmentStatus": "SYNCED",
-        });
-        let body = Bytes::from(body.to_string());
+        let timestamp = rfc3339(now);
+        let body = WebhookBody {
+            event_type: event,
+            injection_id: row.id,
+            conversation_id: row.conversation_id,
+            prompt_id: row.prompt_id,
+            latency_ms,
+            timestamp: &timestamp,
+            context: row.payload.context_data(),
+            alignment_status: "SYNCED",
+        };
+        // Strings, numbers and an already valid JSON map: serialising into a Vec cannot fail.
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         urls.into_iter().map(|u| OutboxRow::new(row.id, u, event, body.clone(), now)).collect()
     }
 
@@ -733,7 +778,7 @@ impl Service {
                 key: key.clone(),
                 request_hash: meta.request_hash.clone(),
                 status_code: 201,
-                response_body: Bytes::from(accepted.to_json().to_string()),
+                response_body: accepted.to_body(),
                 injection_id: Some(id),
                 created_at: now,
             }),
@@ -2092,6 +2137,44 @@ mod tests {
         ];
         for (from, to, want) in table {
             assert_eq!(engagement_for(from, to), want, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn direct_bodies_match_the_value_forms() {
+        let a = Accepted {
+            injection_id: Uuid::from_u128(7),
+            status: InjectionStatus::Scheduled,
+            conversation_id: Uuid::from_u128(8),
+            prompt_id: Uuid::from_u128(9),
+            accepted_at: "2026-11-24T07:00:00.000Z".into(),
+            latency_ms: 3,
+        };
+        assert_eq!(a.to_body(), a.to_json().to_string().into_bytes());
+        // The webhook body, with and without context data (and text that needs escaping).
+        let context = json!({"agentId": "agent \"01\"", "queue": "billing\nsupport", "n": [1, {"b": null}]});
+        for ctx in [context.as_object(), None] {
+            let body = WebhookBody {
+                event_type: EVENT_INJECTED,
+                injection_id: a.injection_id,
+                conversation_id: a.conversation_id,
+                prompt_id: a.prompt_id,
+                latency_ms: 12,
+                timestamp: "2026-11-24T07:00:00.000Z",
+                context: ctx,
+                alignment_status: "SYNCED",
+            };
+            let value = json!({
+                "eventType": EVENT_INJECTED,
+                "injectionId": a.injection_id,
+                "conversationId": a.conversation_id,
+                "promptId": a.prompt_id,
+                "latencyMs": 12,
+                "timestamp": "2026-11-24T07:00:00.000Z",
+                "context": ctx.cloned().map(Value::Object).unwrap_or(Value::Null),
+                "alignmentStatus": "SYNCED",
+            });
+            assert_eq!(serde_json::to_vec(&body).unwrap(), value.to_string().into_bytes());
         }
     }
 

@@ -131,7 +131,12 @@ async fn create_inner(st: AppState, headers: HeaderMap, body: Body) -> Result<Re
         received_at,
     };
     match st.inner.service.accept(payload, meta).await {
-        Ok(a) => Ok((StatusCode::CREATED, Json(a.to_json())).into_response()),
+        Ok(a) => Ok((
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"))],
+            a.to_body(),
+        )
+            .into_response()),
         Err(ServiceError::IdempotencyRace(k)) => match replay(&st, &key.id, &k, &request_hash).await? {
             Some(r) => Ok(r),
             None => Err(ServiceError::IdempotencyRace(k).into()),
