@@ -298,9 +298,13 @@ impl Store {
     /// Like [`Store::write`], also returning each operation's row count.
     pub async fn write_outcome(&self, batch: impl Into<WriteBatch>) -> Result<BatchOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.tx.send(writer::Msg::Write(batch.into(), reply)).await.map_err(|_| StoreError::Closed)?;
+        let job = Arc::new(writer::Job::new(batch.into()));
+        self.inner.tx.send(writer::Msg::Write(job.clone(), reply)).await.map_err(|_| StoreError::Closed)?;
         // The writer answers every batch it takes; a dropped reply means it stopped.
-        answer.await.map_err(|_| StoreError::Closed)?
+        let answered = answer.await.map_err(|_| StoreError::Closed)?;
+        // The writer let go of its reference before answering: the batch is freed here.
+        drop(job);
+        answered
     }
 
     /// The writer's counters (transactions, batches, records) since open.

@@ -6,6 +6,8 @@
 //! (`SqliteConnection::lock_handle`: sqlx's thread keeps off it meanwhile) and runs BEGIN,
 //! every row through a CACHED prepared statement (bind, step, reset), the chain head and
 //! COMMIT without leaving the thread. A row costs a few microseconds of SQLite's own work.
+//! What needs no database (an injection's checks and its payload and content JSON text) was
+//! done on the caller's task before the batch was queued ([`Job`]).
 //!
 //! Only the operations of the hot paths have a native form ([`supports`]): accepting,
 //! updating and recording injections, engagement events, idempotent answers and outbox
@@ -37,6 +39,7 @@ use uuid::Uuid;
 use super::model::{EngagementRow, IdempotencyRow, InjectionRow, InjectionUpdate, OutboxRow};
 use super::ops::{check_drafts, check_outbox, prepare_insert, to_i64, BatchOutcome, WriteBatch, WriteOp};
 use super::rollup::{Delta, UPSERT_CELLS, UPSERT_CLICKS};
+use super::writer::Job;
 use super::{StoreError, IDEMPOTENCY_TTL_MS};
 use crate::audit::{AuditDraft, AuditRecord, AuditTime, Chain};
 
@@ -454,7 +457,7 @@ impl<'w> Tx<'w> {
     /// transaction was rolled back and the chain must be reloaded.
     pub fn run<'j>(
         &mut self,
-        batches: impl Iterator<Item = &'j WriteBatch> + Clone,
+        batches: impl Iterator<Item = &'j Job> + Clone,
         head_at: i64,
     ) -> Result<Answers, StoreError> {
         let r = self.transaction(batches, head_at);
@@ -467,7 +470,7 @@ impl<'w> Tx<'w> {
 
     fn transaction<'j>(
         &mut self,
-        batches: impl Iterator<Item = &'j WriteBatch> + Clone,
+        batches: impl Iterator<Item = &'j Job> + Clone,
         head_at: i64,
     ) -> Result<Answers, StoreError> {
         let start = (self.chain.last_seq(), self.chain.last_hash());
@@ -500,13 +503,14 @@ impl<'w> Tx<'w> {
     /// after writing, outside a savepoint).
     fn pass<'j>(
         &mut self,
-        batches: impl Iterator<Item = &'j WriteBatch>,
+        batches: impl Iterator<Item = &'j Job>,
         savepoints: bool,
     ) -> Result<Option<Vec<Result<BatchOutcome, StoreError>>>, StoreError> {
         // Per batch: how many records it sealed and its row counts, or its error; the records
         // themselves are moved out of `self.records` at the end, not copied.
         let mut out: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::new();
-        for batch in batches {
+        for job in batches {
+            let batch = &job.batch;
             let before = (self.chain.last_seq(), self.chain.last_hash());
             let first = self.records.len();
             self.wrote = false;
@@ -515,8 +519,8 @@ impl<'w> Tx<'w> {
             }
             let mut affected = Vec::with_capacity(batch.ops.len());
             let mut failed = None;
-            for op in &batch.ops {
-                match self.apply(op) {
+            for (op, json) in batch.ops.iter().zip(&job.json) {
+                match self.apply(op, json.as_ref()) {
                     Ok(n) => affected.push(n),
                     Err(e) => {
                         failed = Some(e);
@@ -558,10 +562,19 @@ impl<'w> Tx<'w> {
         Ok(Some(answers))
     }
 
-    fn apply(&mut self, op: &WriteOp) -> Result<u64, StoreError> {
+    /// `json` is the operation's share of [`Job::json`], prepared on the caller's task.
+    fn apply(&mut self, op: &WriteOp, json: Option<&Result<(String, String), StoreError>>) -> Result<u64, StoreError> {
         match op {
             WriteOp::InsertInjection { row, audit, outbox, idempotency } => {
-                self.insert_injection(row, audit, outbox, idempotency.as_ref())
+                let idempotency = idempotency.as_ref();
+                match json {
+                    Some(Ok(json)) => self.insert_injection(row, json, audit, outbox, idempotency),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => {
+                        let json = prepare_insert(row, audit, outbox, idempotency)?;
+                        self.insert_injection(row, &json, audit, outbox, idempotency)
+                    }
+                }
             }
             WriteOp::UpdateInjection(u) => self.update_injection(u),
             WriteOp::RecordEvent { audit, outbox } => self.record_event(audit, outbox),
@@ -599,14 +612,17 @@ impl<'w> Tx<'w> {
         }
     }
 
+    /// `json` is `prepare_insert`'s answer for this row: its checks passed, and the payload
+    /// and content JSON text.
     fn insert_injection(
         &mut self,
         row: &InjectionRow,
+        json: &(String, String),
         audit: &[AuditDraft],
         outbox: &[OutboxRow],
         idempotency: Option<&IdempotencyRow>,
     ) -> Result<u64, StoreError> {
-        let (payload, content) = prepare_insert(row, audit, outbox, idempotency)?;
+        let (payload, content) = json;
         if let Some(idem) = idempotency {
             self.put_idempotency(idem)?;
         }
@@ -616,8 +632,8 @@ impl<'w> Tx<'w> {
             .text(2, conv.as_str())
             .text(3, prompt.as_str())
             .text(4, row.status.as_str())
-            .text(5, &payload)
-            .text(6, &content)
+            .text(5, payload)
+            .text(6, content)
             .text(7, row.priority.as_str())
             .text(8, row.source.as_str())
             .opt_text(9, row.api_key_id.as_deref())

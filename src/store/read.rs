@@ -43,6 +43,7 @@ const RECOVERY: &str =
 const TIMELINE: &str = "FROM audit_records WHERE injection_id = ? ORDER BY seq";
 const OUTBOX_DUE: &str =
     "FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?";
+const OUTBOX_BY_STATE: &str = "FROM outbox WHERE state = ? ORDER BY created_at LIMIT ?";
 const AUDIT_DAYS: &str = "SELECT day, min(seq), max(seq), count(*) FROM audit_records GROUP BY day ORDER BY day";
 const OUTBOX_STATS: &str = "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'), \
      (SELECT min(created_at) FROM outbox WHERE state = 'pending'), \
@@ -405,7 +406,7 @@ impl super::Store {
     /// Messages in `state` (all states if `None`), oldest first, at most `limit`.
     pub async fn outbox_list(&self, state: Option<OutboxState>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         let q = match state {
-            Some(_) => format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? ORDER BY created_at LIMIT ?"),
+            Some(_) => format!("SELECT {OUTBOX_COLUMNS} {OUTBOX_BY_STATE}"),
             None => format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY created_at LIMIT ?"),
         };
         let mut q = sqlx::query(&q);
@@ -668,11 +669,13 @@ mod tests {
         // (query, index it must use, whether a sort step is acceptable)
         let cases = [
             (format!("SELECT {INJECTION_COLUMNS} {CONVERSATION_PROMPTS}"), "injections_live_by_conversation", true),
-            (format!("SELECT {INJECTION_COLUMNS} {RECOVERY}"), "injections_live_by_status", true),
+            // The live partial index holds exactly the recovery set (migration 0005).
+            (format!("SELECT {INJECTION_COLUMNS} {RECOVERY}"), "injections_live_by_conversation", true),
             (format!("SELECT {AUDIT_COLUMNS} {TIMELINE}"), "audit_records_injection", false),
             (format!("SELECT {OUTBOX_COLUMNS} {OUTBOX_DUE}"), "outbox_due (state=? AND next_attempt_at<?)", false),
             (AUDIT_DAYS.to_owned(), "COVERING INDEX audit_records_day", false),
-            (OUTBOX_STATS.to_owned(), "outbox_by_state", false),
+            (OUTBOX_STATS.to_owned(), "COVERING INDEX outbox_due", false),
+            (format!("SELECT {OUTBOX_COLUMNS} {OUTBOX_BY_STATE}"), "outbox_due (state=?)", true),
             ("SELECT status FROM injections WHERE id = ?".to_owned(), "sqlite_autoindex_injections_1", false),
         ];
         for (sql, want, sort_ok) in cases {
@@ -683,6 +686,12 @@ mod tests {
             let table_scan = |t: &&str| t.starts_with("SCAN ") && !t.contains("INDEX") && *t != "SCAN CONSTANT ROW";
             assert!(!text.iter().any(table_scan), "full scan: {sql}\n=> {text:?}");
             assert!(sort_ok || !text.iter().any(|t| t.contains("TEMP B-TREE")), "sort: {sql}\n=> {text:?}");
+            // The backlog figures read the index alone, never the rows (migration 0005).
+            if sql == OUTBOX_STATS {
+                let searches = text.iter().filter(|t| t.starts_with("SEARCH "));
+                assert!(searches.clone().count() == 5, "{sql}\n=> {text:?}");
+                assert!(searches.into_iter().all(|t| t.contains("COVERING INDEX outbox_due")), "{sql}\n=> {text:?}");
+            }
         }
         store.close().await.unwrap();
     }

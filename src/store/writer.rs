@@ -25,14 +25,42 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
 use super::native::{self, Stmts};
-use super::ops::{to_i64, BatchOutcome, TxCtx, WriteBatch};
+use super::ops::{prepare_insert, to_i64, BatchOutcome, TxCtx, WriteBatch, WriteOp};
 use super::{db_err, read, StoreError};
 use crate::audit::{AuditTime, Chain, Digest};
 
 pub(super) type Reply = oneshot::Sender<Result<BatchOutcome, StoreError>>;
 
+/// A batch as the writer takes it, with the work that needs no database already done on
+/// the caller's task: the writer's thread is the store's bottleneck, the callers' are not.
+/// The caller keeps a second reference and drops it after the answer, so freeing the batch
+/// (payload trees, strings) is the caller's cost too (measured: JSON text 11 % and drops
+/// 5 % of the writer's time before).
+pub(super) struct Job {
+    pub batch: WriteBatch,
+    /// Per operation: an `InsertInjection`'s checks and its payload and content JSON text
+    /// (`prepare_insert`), or `None` for any other operation.
+    pub json: Vec<Option<Result<(String, String), StoreError>>>,
+}
+
+impl Job {
+    pub fn new(batch: WriteBatch) -> Job {
+        let json = batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::InsertInjection { row, audit, outbox, idempotency } => {
+                    Some(prepare_insert(row, audit, outbox, idempotency.as_ref()))
+                }
+                _ => None,
+            })
+            .collect();
+        Job { batch, json }
+    }
+}
+
 pub(super) enum Msg {
-    Write(WriteBatch, Reply),
+    Write(Arc<Job>, Reply),
     /// Finish what is queued, close the connection, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -107,7 +135,7 @@ impl Writer {
     /// The writer's loop, on its own thread: waits for batches, drains what is queued, and
     /// commits it. Returns when the channel is closed and drained.
     pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut jobs: Vec<(WriteBatch, Reply)> = Vec::with_capacity(self.max_drain);
+        let mut jobs: Vec<(Arc<Job>, Reply)> = Vec::with_capacity(self.max_drain);
         let mut closing: Option<oneshot::Sender<()>> = None;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
@@ -130,7 +158,7 @@ impl Writer {
             if jobs.is_empty() {
                 continue;
             }
-            if jobs.iter().all(|(b, _)| native::supports(b)) {
+            if jobs.iter().all(|(j, _)| native::supports(&j.batch)) {
                 self.commit_native(&mut jobs);
             } else {
                 // The rare operations (purges, checkpoints, the catalogue, ...) go through sqlx;
@@ -151,7 +179,7 @@ impl Writer {
     }
 
     /// One native transaction (see `native`) for every queued batch; answers each caller.
-    fn commit_native(&mut self, jobs: &mut Vec<(WriteBatch, Reply)>) {
+    fn commit_native(&mut self, jobs: &mut Vec<(Arc<Job>, Reply)>) {
         let answers = match self.transaction_native(jobs) {
             Ok(answers) => answers,
             Err(e) => {
@@ -168,7 +196,7 @@ impl Writer {
 
     fn transaction_native(
         &mut self,
-        jobs: &[(WriteBatch, Reply)],
+        jobs: &[(Arc<Job>, Reply)],
     ) -> Result<Vec<Result<BatchOutcome, StoreError>>, StoreError> {
         if self.head_stale {
             block_on(self.reload_head())?;
@@ -180,7 +208,7 @@ impl Writer {
         // One message to sqlx's thread per transaction; every statement after it runs here.
         let mut locked = block_on(self.conn.lock_handle()).map_err(db_err("locking the writer's connection"))?;
         let mut tx = native::Tx::new(locked.as_raw_handle(), &mut self.stmts, &mut self.chain, &mut self.rng, at);
-        let (answers, replayed) = tx.run(jobs.iter().map(|(b, _)| b), now)?;
+        let (answers, replayed) = tx.run(jobs.iter().map(|(j, _)| &**j), now)?;
         drop(tx);
         drop(locked);
         if replayed {
@@ -202,8 +230,11 @@ impl Writer {
         self.counters.records.fetch_add(appended, Ordering::Relaxed);
     }
 
-    fn answer(&self, jobs: &mut Vec<(WriteBatch, Reply)>, answers: Vec<Result<BatchOutcome, StoreError>>) {
-        for ((_, reply), answer) in jobs.drain(..).zip(answers) {
+    fn answer(&self, jobs: &mut Vec<(Arc<Job>, Reply)>, answers: Vec<Result<BatchOutcome, StoreError>>) {
+        for ((job, reply), answer) in jobs.drain(..).zip(answers) {
+            // Our reference goes before the answer, so the caller's is the last one: the
+            // batch is freed on the caller's task, not here.
+            drop(job);
             if answer.is_err() {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             }
@@ -213,7 +244,7 @@ impl Writer {
     }
 
     /// One transaction for every queued batch; answers each caller afterwards.
-    async fn commit(&mut self, jobs: &mut Vec<(WriteBatch, Reply)>) {
+    async fn commit(&mut self, jobs: &mut Vec<(Arc<Job>, Reply)>) {
         let answers = match self.transaction(jobs).await {
             Ok(answers) => answers,
             Err(e) => {
@@ -231,7 +262,7 @@ impl Writer {
 
     async fn transaction(
         &mut self,
-        jobs: &[(WriteBatch, Reply)],
+        jobs: &[(Arc<Job>, Reply)],
     ) -> Result<Vec<Result<BatchOutcome, StoreError>>, StoreError> {
         if self.head_stale {
             self.reload_head().await?;
@@ -267,7 +298,7 @@ impl Writer {
     /// savepoint. `start_seq` is the chain's end before the transaction.
     async fn pass(
         &mut self,
-        jobs: &[(WriteBatch, Reply)],
+        jobs: &[(Arc<Job>, Reply)],
         at: AuditTime,
         now: i64,
         start_seq: u64,
@@ -276,7 +307,8 @@ impl Writer {
         let mut ctx = TxCtx::new(&mut self.conn, &mut self.chain, &mut self.rng, at, now, !savepoints);
         // Per batch: its records' count and the operations' row counts, or its error.
         let mut outcomes: Vec<Result<(usize, Vec<u64>), StoreError>> = Vec::with_capacity(jobs.len());
-        for (batch, _) in jobs {
+        for (job, _) in jobs {
+            let batch = &job.batch;
             let before = (ctx.chain.last_seq(), ctx.chain.last_hash());
             if savepoints {
                 ctx.exec("SAVEPOINT batch", "opening a savepoint").await?;

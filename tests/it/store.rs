@@ -939,3 +939,133 @@ async fn awkward_texts(via_sqlx: bool) {
     assert_valid(&records, None, &[], &[]);
     store.close().await.unwrap();
 }
+
+/// Migration 0005 (fewer write-path indexes) upgrades a file made by the schema before it,
+/// with data in it, and every read the dropped indexes served answers the same rows.
+#[tokio::test]
+async fn migration_0005_upgrades_an_older_file_and_reads_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (conv_a, conv_b) = (Uuid::new_v4(), Uuid::new_v4());
+
+    // The same data, written by today's store into `fresh.db`.
+    let fresh_path = dir.path().join("fresh.db");
+    let fresh = Store::open(&fresh_path, opts(&clock)).await.unwrap();
+    let rows: Vec<InjectionRow> = [
+        (conv_a, InjectionStatus::Scheduled, T0),
+        (conv_a, InjectionStatus::Armed, T0 + 1),
+        (conv_b, InjectionStatus::Scheduled, T0 + 2),
+        (conv_b, InjectionStatus::Scheduled, T0 + 3),
+    ]
+    .into_iter()
+    .map(|(c, s, at)| row(c, s, at))
+    .collect();
+    let mut messages = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let m = OutboxRow::new(r.id, HOOK, "AGENT_ASSIST_PROMPT_INJECTED", format!("m{i}").into_bytes(), T0 + i as i64);
+        messages.push(m.clone());
+        fresh.write(insert(r, vec![m])).await.unwrap();
+    }
+    // Some leave the live set or the pending state.
+    let shown = update(&rows[2], InjectionStatus::Scheduled, InjectionStatus::Delivered, T0 + 10);
+    fresh.write(WriteOp::UpdateInjection(Box::new(shown))).await.unwrap();
+    let cancelled = update(&rows[3], InjectionStatus::Scheduled, InjectionStatus::Cancelled, T0 + 11);
+    fresh.write(WriteOp::UpdateInjection(Box::new(cancelled))).await.unwrap();
+    let delivered = WriteOp::OutboxDelivered { id: messages[0].id.clone(), attempts: 1, status: 204, at: T0 + 20 };
+    fresh.write(delivered).await.unwrap();
+    let dead =
+        WriteOp::OutboxDead { id: messages[1].id.clone(), attempts: 8, last_status: Some(500), last_error: None };
+    fresh.write(dead).await.unwrap();
+    fresh.close().await.unwrap();
+
+    // `old.db`: migrations 0001-0004 only, then the same rows copied in.
+    let old_path = dir.path().join("old.db");
+    let old_migrations = dir.path().join("migrations");
+    std::fs::create_dir(&old_migrations).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().as_ref() < "0005" {
+            std::fs::copy(source.join(&name), old_migrations.join(&name)).unwrap();
+        }
+    }
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&old_path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old_migrations.as_path()).await.unwrap().run(&mut conn).await.unwrap();
+    let before = index_names(&mut conn).await;
+    for gone in ["outbox_by_state", "outbox_by_injection", "injections_live_by_status"] {
+        assert!(before.iter().any(|n| n == gone), "the old schema has {gone}: {before:?}");
+    }
+    sqlx::query("ATTACH DATABASE ? AS f").bind(fresh_path.to_str().unwrap()).execute(&mut conn).await.unwrap();
+    for sql in [
+        "INSERT INTO injections SELECT * FROM f.injections",
+        "INSERT INTO audit_records SELECT * FROM f.audit_records",
+        "INSERT INTO outbox SELECT * FROM f.outbox",
+        "UPDATE audit_head SET (last_seq, last_hash, last_at) = (SELECT last_seq, last_hash, last_at FROM f.audit_head)",
+        "DETACH DATABASE f",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    sqlx::Connection::close(conn).await.unwrap();
+
+    // Opening upgrades it; both stores now answer every read alike.
+    let upgraded = Store::open(&old_path, opts(&clock)).await.unwrap();
+    let fresh = Store::open(&fresh_path, opts(&clock)).await.unwrap();
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&old_path).connect().await.unwrap();
+    let after = index_names(&mut conn).await;
+    sqlx::Connection::close(conn).await.unwrap();
+    for gone in ["outbox_by_state", "outbox_by_injection", "injections_live_by_status"] {
+        assert!(!after.iter().any(|n| n == gone), "0005 drops {gone}: {after:?}");
+    }
+    assert!(after.iter().any(|n| n == "outbox_due"), "{after:?}");
+
+    let now = T0 + 100;
+    for store in [&fresh, &upgraded] {
+        let live = store.recovery_set(now).await.unwrap();
+        let pending: Vec<Uuid> = live.pending.iter().map(|r| r.id).collect();
+        assert_eq!(pending, [rows[0].id, rows[1].id], "recovery set in creation order");
+        assert_eq!(live.shown.iter().map(|r| r.id).collect::<Vec<_>>(), [rows[2].id]);
+        let stats = store.outbox_stats(now).await.unwrap();
+        assert_eq!((stats.pending, stats.due, stats.dead, stats.oldest_pending_age_ms), (2, 2, 1, Some(98)));
+    }
+    assert_eq!(fresh.recovery_set(now).await.unwrap(), upgraded.recovery_set(now).await.unwrap());
+    assert_eq!(fresh.outbox_stats(now).await.unwrap(), upgraded.outbox_stats(now).await.unwrap());
+    for conv in [conv_a, conv_b, Uuid::new_v4()] {
+        assert_eq!(
+            fresh.conversation_prompts(conv, now).await.unwrap(),
+            upgraded.conversation_prompts(conv, now).await.unwrap()
+        );
+    }
+    assert_eq!(fresh.outbox_due(now, 10).await.unwrap(), upgraded.outbox_due(now, 10).await.unwrap());
+    for state in [None, Some(OutboxState::Pending), Some(OutboxState::Delivered), Some(OutboxState::Dead)] {
+        let (a, b) = (fresh.outbox_list(state, 10).await.unwrap(), upgraded.outbox_list(state, 10).await.unwrap());
+        assert_eq!(a, b, "{state:?}");
+    }
+    assert_eq!(fresh.outbox_list(Some(OutboxState::Pending), 10).await.unwrap().len(), 2);
+    for (r, m) in rows.iter().zip(&messages) {
+        assert_eq!(fresh.get_injection(r.id).await.unwrap(), upgraded.get_injection(r.id).await.unwrap());
+        assert_eq!(fresh.outbox_get(&m.id).await.unwrap(), upgraded.outbox_get(&m.id).await.unwrap());
+    }
+    // The upgraded file takes new writes, and its chain is whole.
+    let r = row(conv_a, InjectionStatus::Scheduled, now);
+    let m = OutboxRow::new(r.id, HOOK, "AGENT_ASSIST_PROMPT_INJECTED", &b"late"[..], now);
+    upgraded.write(insert(&r, vec![m.clone()])).await.unwrap();
+    assert_eq!(upgraded.outbox_get(&m.id).await.unwrap().map(|m| m.state), Some(OutboxState::Pending));
+    assert_eq!(upgraded.conversation_prompts(conv_a, now).await.unwrap().len(), 3);
+    let report = audit::ops::verify(&upgraded, None, &[]).await.unwrap();
+    assert!(report.is_valid(), "{report:?}");
+    fresh.close().await.unwrap();
+    upgraded.close().await.unwrap();
+}
+
+async fn index_names(conn: &mut sqlx::SqliteConnection) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")
+        .fetch_all(conn)
+        .await
+        .expect("index names")
+}
