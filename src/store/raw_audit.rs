@@ -33,16 +33,32 @@ fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
 }
 
-/// Up to `limit` records with `seq >= from`, in order, read on a blocking thread.
-pub(super) async fn audit_batch(pool: &SqlitePool, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+/// Runs `read` on a blocking thread holding a pooled read connection's raw handle.
+async fn on_reader<T: Send + 'static>(
+    pool: &SqlitePool,
+    read: impl FnOnce(NonNull<ffi::sqlite3>) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     let mut conn = pool.acquire().await.map_err(db_err("reading audit records"))?;
     tokio::task::spawn_blocking(move || {
         // The lock is a message to sqlx's thread and a mutex: fine to wait for here.
         let mut handle = futures::executor::block_on(conn.lock_handle()).map_err(db_err("reading audit records"))?;
-        read(handle.as_raw_handle(), from, limit)
+        read(handle.as_raw_handle())
     })
     .await
     .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))?
+}
+
+/// Up to `limit` records with `seq >= from`, in order, read on a blocking thread.
+pub(super) async fn audit_batch(pool: &SqlitePool, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    on_reader(pool, move |db| {
+        let mut out = Vec::with_capacity(limit.min(65_536) as usize);
+        scan(db, from, i64::from(limit), &mut |r| {
+            out.push(r.to_record());
+            true
+        })?;
+        Ok(out)
+    })
+    .await
 }
 
 /// Every record with `seq >= from`, in batches of `batch`, read by ONE blocking thread that
@@ -59,25 +75,25 @@ pub(super) fn audit_stream(
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let pool = pool.clone();
     tokio::spawn(async move {
-        let mut conn = match pool.acquire().await.map_err(db_err("reading audit records")) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
+        let sender = tx.clone();
+        let streamed = on_reader(&pool, move |db| {
+            let emit = |records| sender.blocking_send(Ok(records)).is_ok();
+            let size = batch.max(1) as usize;
+            let mut out = Vec::with_capacity(size.min(65_536));
+            let ran_out = scan(db, from, i64::MAX, &mut |r| {
+                out.push(r.to_record());
+                out.len() < size || emit(std::mem::replace(&mut out, Vec::with_capacity(size.min(65_536))))
+            })?;
+            if ran_out && !out.is_empty() {
+                emit(out);
             }
-        };
-        let reader = tokio::task::spawn_blocking(move || {
-            let locked = futures::executor::block_on(conn.lock_handle()).map_err(db_err("reading audit records"));
-            let result = locked.and_then(|mut handle| {
-                stream_rows(handle.as_raw_handle(), from, batch, &mut |records| tx.blocking_send(Ok(records)).is_ok())
-            });
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        // The blocking thread reports its own errors; a panic there ends the stream early,
-        // which the consumer sees as a short chain and reports.
-        let _ = reader.await;
+            Ok(())
+        })
+        .await;
+        // A panic on the reader thread comes back as an error too: the stream ends with it.
+        if let Err(e) = streamed {
+            let _ = tx.send(Err(e)).await;
+        }
     });
     rx
 }
@@ -88,59 +104,35 @@ pub(super) async fn audit_scan<F>(pool: &SqlitePool, from: i64, mut visit: F) ->
 where
     F: for<'r> FnMut(Option<RecordView<'r>>) -> bool + Send + 'static,
 {
-    let mut conn = pool.acquire().await.map_err(db_err("reading audit records"))?;
-    tokio::task::spawn_blocking(move || {
-        let mut handle = futures::executor::block_on(conn.lock_handle()).map_err(db_err("reading audit records"))?;
-        let db = handle.as_raw_handle().as_ptr();
-        let stmt = prepare(db, from, i64::MAX)?;
-        loop {
-            // SAFETY: a live statement, stepped on the thread holding the connection.
-            match unsafe { ffi::sqlite3_step(stmt.0) } {
-                ffi::SQLITE_ROW => {
-                    // The view borrows the row's buffers; `visit` cannot keep it past this call.
-                    if !visit(Some(decode_view(&Row(stmt.0))?)) {
-                        return Ok(());
-                    }
-                }
-                ffi::SQLITE_DONE => {
-                    visit(None);
-                    return Ok(());
-                }
-                rc => return Err(sqlite_error(db, rc)),
-            }
+    on_reader(pool, move |db| {
+        if scan(db, from, i64::MAX, &mut |r| visit(Some(r)))? {
+            visit(None);
         }
+        Ok(())
     })
     .await
-    .map_err(|e| StoreError::Invalid(format!("internal: the audit reader stopped: {e}")))?
 }
 
-/// Steps the whole range, calling `emit` with each full batch and the last partial one;
-/// stops early when `emit` returns false (the consumer went away).
-fn stream_rows(
+/// Steps the SELECT over `seq >= from` (at most `limit` rows), handing each row's view to
+/// `visit` (it borrows the row's buffers and cannot outlive the call) until `visit` returns
+/// false. `Ok(true)` when the rows ran out, `Ok(false)` when `visit` stopped the scan.
+fn scan(
     db: NonNull<ffi::sqlite3>,
     from: i64,
-    batch: u32,
-    emit: &mut dyn FnMut(Vec<AuditRecord>) -> bool,
-) -> Result<(), StoreError> {
+    limit: i64,
+    visit: &mut dyn FnMut(RecordView<'_>) -> bool,
+) -> Result<bool, StoreError> {
     let db = db.as_ptr();
-    let stmt = prepare(db, from, i64::MAX)?;
-    let cap = batch.clamp(1, 65_536) as usize;
-    let mut out = Vec::with_capacity(cap);
+    let stmt = prepare(db, from, limit)?;
     loop {
         // SAFETY: a live statement, stepped on the thread holding the connection.
         match unsafe { ffi::sqlite3_step(stmt.0) } {
             ffi::SQLITE_ROW => {
-                out.push(decode(&Row(stmt.0))?);
-                if out.len() == batch as usize && !emit(std::mem::replace(&mut out, Vec::with_capacity(cap))) {
-                    return Ok(());
+                if !visit(decode_view(&Row(stmt.0))?) {
+                    return Ok(false);
                 }
             }
-            ffi::SQLITE_DONE => {
-                if !out.is_empty() {
-                    emit(out);
-                }
-                return Ok(());
-            }
+            ffi::SQLITE_DONE => return Ok(true),
             rc => return Err(sqlite_error(db, rc)),
         }
     }
@@ -151,7 +143,7 @@ struct Stmt(*mut ffi::sqlite3_stmt);
 
 impl Drop for Stmt {
     fn drop(&mut self) {
-        // SAFETY: a statement prepared by `read`, finalized exactly once, here.
+        // SAFETY: a statement prepared by `prepare`, finalized exactly once, here.
         unsafe { ffi::sqlite3_finalize(self.0) };
     }
 }
@@ -160,20 +152,6 @@ fn sqlite_error(db: *mut ffi::sqlite3, code: c_int) -> StoreError {
     // SAFETY: `db` is the open connection this thread holds; the message is copied at once.
     let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }.to_string_lossy().into_owned();
     StoreError::Invalid(format!("reading audit records: SQLite error {code}: {msg}"))
-}
-
-fn read(db: NonNull<ffi::sqlite3>, from: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-    let db = db.as_ptr();
-    let stmt = prepare(db, from, i64::from(limit))?;
-    let mut out = Vec::with_capacity(limit.min(65_536) as usize);
-    loop {
-        // SAFETY: a live statement, stepped on the thread holding the connection.
-        match unsafe { ffi::sqlite3_step(stmt.0) } {
-            ffi::SQLITE_ROW => out.push(decode(&Row(stmt.0))?),
-            ffi::SQLITE_DONE => return Ok(out),
-            rc => return Err(sqlite_error(db, rc)),
-        }
-    }
 }
 
 /// The SELECT with its two parameters bound.
@@ -251,12 +229,8 @@ impl Row {
     }
 }
 
-/// Column order: `SELECT` above (the same as the sqlx reader's).
-fn decode(r: &Row) -> Result<AuditRecord, StoreError> {
-    decode_view(r).map(|v| v.to_record())
-}
-
 /// The current row, its text borrowed from SQLite's buffers (valid until the next step).
+/// Column order: `SELECT` above (the same as the sqlx reader's).
 fn decode_view(r: &Row) -> Result<RecordView<'_>, StoreError> {
     Ok(RecordView {
         seq: r.int(0, "audit seq")?,
