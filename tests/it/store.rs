@@ -532,6 +532,18 @@ async fn a_failed_transaction_answers_everyone_and_the_chain_stays_whole() {
     store.close().await.unwrap();
 }
 
+/// Twenty scheduled rows; row `marked` carries `tag` as its last error, which a test trigger
+/// named `tag` acts on.
+fn marked_rows(marked: usize, tag: &str) -> Vec<InjectionRow> {
+    (0..20)
+        .map(|i| {
+            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
+            r.last_error = (i == marked).then(|| tag.to_owned());
+            r
+        })
+        .collect()
+}
+
 /// Queues `rows` as one drain behind a transaction that waits for another connection's lock,
 /// so they share ONE transaction; returns each write's answer.
 async fn one_drain(
@@ -593,13 +605,7 @@ async fn native_failures_mid_transaction_roll_back_and_are_reported_to_every_wai
     drop(other);
 
     // 1. One refused batch among 20, after it stored its idempotency answer: it alone fails.
-    let rows: Vec<InjectionRow> = (0..20)
-        .map(|i| {
-            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
-            r.last_error = (i == 7).then(|| "refuse".to_owned());
-            r
-        })
-        .collect();
+    let rows = marked_rows(7, "refuse");
     let replays = store.stats().replays;
     let with_key = |r: &InjectionRow| WriteOp::InsertInjection {
         row: Box::new(r.clone()),
@@ -631,13 +637,7 @@ async fn native_failures_mid_transaction_roll_back_and_are_reported_to_every_wai
     assert!(store.stats().replays > replays, "the drain was replayed with savepoints");
 
     // 2. A batch whose failure ends the transaction: every waiter of the drain gets the error.
-    let rows: Vec<InjectionRow> = (0..20)
-        .map(|i| {
-            let mut r = row(Uuid::new_v4(), InjectionStatus::Scheduled, T0);
-            r.last_error = (i == 11).then(|| "end".to_owned());
-            r
-        })
-        .collect();
+    let rows = marked_rows(11, "end");
     let failed = store.stats().failed_transactions;
     let answers = one_drain(&store, &path, &rows, |r| insert(r, vec![])).await;
     for (r, a) in rows.iter().zip(&answers) {
